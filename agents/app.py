@@ -1,0 +1,95 @@
+"""An expert agent's HTTP face: thin routes over :class:`ExpertService`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Flask, request, send_from_directory
+
+from agents.personas import get_persona
+from agents.service import ExpertService
+from agents.sessions import SessionStore
+from common.engine import make_engine
+from common.protocol import ChatCompletionRequest, ChatRequest
+from common.settings import AgentSettings
+from common.web import ApiError, install, parse_body, sse
+
+STATIC = Path(__file__).with_name("static")
+
+
+def create_app(settings: AgentSettings | None = None, engine=None) -> Flask:
+    """Build an expert. ``engine`` defaults to the one the settings name, started (loading) in the background."""
+    settings = settings or AgentSettings()
+    persona = get_persona(settings.persona, settings.personas_file)
+    if engine is None:
+        engine = make_engine(settings).start()
+    app = Flask(__name__, static_folder=None)
+    metrics = install(app, settings, persona.id)
+    sessions = SessionStore(settings.data_dir / f"sessions-{persona.id}.sqlite3")
+    service = ExpertService(settings, persona, engine, sessions, metrics)
+    app.extensions["expert"] = service
+
+    def require_ready() -> None:
+        if not engine.ready:
+            raise ApiError(503, engine.status, "service_unavailable", "not_ready", retry_after=5)
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "persona": persona.id}
+
+    @app.get("/ready")
+    def ready():
+        require_ready()
+        return {"status": "ready", "persona": persona.id, "model": service.model_name}
+
+    @app.post("/chat")
+    def chat():
+        req = parse_body(ChatRequest)
+        require_ready()
+        if req.stream:
+            events, gen = service.chat_events(req)
+            return sse(events, on_close=gen.cancel)
+        return service.chat(req).model_dump()
+
+    @app.get("/sessions/<session_id>")
+    def get_session(session_id: str):
+        return service.history(session_id).model_dump()
+
+    @app.delete("/sessions/<session_id>")
+    def delete_session(session_id: str):
+        return {"session_id": session_id, "deleted_turns": service.clear(session_id)}
+
+    @app.get("/v1/models")
+    def models():
+        require_ready()
+        return service.models().model_dump()
+
+    @app.post("/v1/chat/completions")
+    def chat_completions():
+        req = parse_body(ChatCompletionRequest)
+        require_ready()
+        if req.stream:
+            events, gen = service.completion_chunks(req)
+            return sse(events, on_close=gen.cancel)
+        return service.completion(req).model_dump()
+
+    @app.get("/.well-known/agent-card.json")
+    @app.get("/.well-known/agent.json")
+    def agent_card():
+        return service.card(request.host_url).model_dump()
+
+    @app.get("/metrics")
+    def metrics_text():
+        metrics.waiting.labels(persona.id).set(engine.waiting)
+        metrics.running.labels(persona.id).set(engine.running_rows)
+        return metrics.render()
+
+    @app.get("/")
+    def index():
+        return send_from_directory(STATIC, "chat.html")
+
+    @app.get("/static/<path:name>")
+    def static_file(name: str):
+        return send_from_directory(STATIC, name)
+
+    return app

@@ -1,0 +1,48 @@
+"""The persona catalog: a YAML file of experts, looked up by id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from common.protocol import AgentSkill
+
+DEFAULT_CATALOG = Path(__file__).with_name("personas.yaml")
+
+
+class Persona(BaseModel):
+    id: str
+    name: str
+    description: str
+    port: int = Field(ge=1, le=65535)
+    system_prompt: str
+    skills: list[AgentSkill] = []
+
+
+class UnknownPersona(LookupError):
+    pass
+
+
+def load_catalog(path: Path | None = None) -> dict[str, Persona]:
+    """Read and validate a catalog; a malformed entry fails with the entry's id and what is wrong."""
+    path = path or DEFAULT_CATALOG
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a persona catalog is a mapping of id -> persona")
+    catalog = {}
+    for pid, entry in raw.items():
+        try:
+            catalog[pid] = Persona.model_validate({"id": pid, **entry})
+        except (ValidationError, TypeError) as exc:
+            raise ValueError(f"{path}: persona {pid!r} is invalid: {exc}") from exc
+    return catalog
+
+
+def get_persona(persona_id: str, path: Path | None = None) -> Persona:
+    catalog = load_catalog(path)
+    if persona_id not in catalog:
+        known = ", ".join(sorted(catalog)) or "none"
+        raise UnknownPersona(f"unknown persona {persona_id!r}; known personas: {known}")
+    return catalog[persona_id]

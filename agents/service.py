@@ -1,0 +1,170 @@
+"""The serving layer of an expert: protocol <-> engine, sessions and the persona. No Flask in here."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Iterator
+
+from agents.personas import Persona
+from agents.sessions import SessionStore
+from common.engine.types import EngineError, Generation, GenerationResult
+from common.protocol import (
+    AgentCapabilities,
+    AgentCard,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatMessage,
+    ChatRequest,
+    ChatResponse,
+    ChoiceMessage,
+    ChunkChoice,
+    CompletionChoice,
+    DeltaMessage,
+    ErrorDetail,
+    ModelCard,
+    ModelList,
+    SessionHistory,
+    Usage,
+)
+from common.settings import AgentSettings
+from common.web import Metrics, engine_api_error
+
+VERSION = "1.0.0"
+
+
+@dataclass
+class ExpertService:
+    settings: AgentSettings
+    persona: Persona
+    engine: object
+    sessions: SessionStore
+    metrics: Metrics
+
+    @property
+    def model_name(self) -> str:
+        return self.engine.model_name
+
+    # ---- /chat ------------------------------------------------------------------------------------------------
+    def _start_chat(self, req: ChatRequest) -> Generation:
+        messages = [ChatMessage(role="user", content=req.intent)]
+        if req.session_id:
+            history = self.sessions.history(self.persona.id, req.session_id, self.settings.max_history_length)
+            messages = [ChatMessage(role=t.role, content=t.content) for t in history] + messages
+        completion = ChatCompletionRequest(
+            messages=messages,
+            max_new_tokens=req.max_new_tokens or self.settings.default_max_new_tokens,
+            min_new_tokens=req.min_new_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            stop=req.stop,
+        )
+        return self._submit(completion)
+
+    def _submit(self, completion: ChatCompletionRequest) -> Generation:
+        generation_request = completion.to_generation_request(
+            self.persona.system_prompt,
+            self.settings.default_max_new_tokens,
+            self.settings.max_new_tokens_limit,
+            self.settings.request_timeout_s,
+        )
+        return self.engine.submit(generation_request)
+
+    def _chat_response(self, req: ChatRequest, result: GenerationResult) -> ChatResponse:
+        if req.session_id:
+            self.sessions.append_exchange(self.persona.id, req.session_id, req.intent, result.text)
+        self.metrics.tokens.labels(self.metrics.service).inc(result.completion_tokens)
+        return ChatResponse(
+            response=result.text,
+            persona=self.persona.id,
+            model=self.model_name,
+            session_id=req.session_id,
+            usage=_usage(result),
+            finish_reason=result.finish_reason,
+            elapsed_ms=int(result.elapsed_s * 1000),
+        )
+
+    def chat(self, req: ChatRequest) -> ChatResponse:
+        return self._chat_response(req, self._start_chat(req).result())
+
+    def chat_events(self, req: ChatRequest) -> tuple[Iterator[tuple[str, object]], Generation]:
+        """SSE events for a streamed /chat: ``delta`` per text piece, then ``done`` (the full response) or ``error``."""
+        gen = self._start_chat(req)
+
+        def events() -> Iterator[tuple[str, object]]:
+            try:
+                for delta in gen:
+                    yield "delta", {"delta": delta}
+                yield "done", self._chat_response(req, gen.result()).model_dump()
+            except EngineError as exc:
+                yield "error", _error_body(exc)
+
+        return events(), gen
+
+    # ---- sessions ---------------------------------------------------------------------------------------------
+    def history(self, session_id: str) -> SessionHistory:
+        turns = self.sessions.history(self.persona.id, session_id)
+        return SessionHistory(session_id=session_id, persona=self.persona.id, turns=turns)
+
+    def clear(self, session_id: str) -> int:
+        return self.sessions.clear(self.persona.id, session_id)
+
+    # ---- OpenAI-compatible ------------------------------------------------------------------------------------
+    def models(self) -> ModelList:
+        return ModelList(data=[ModelCard(id=self.model_name), ModelCard(id=self.persona.id)])
+
+    def completion(self, req: ChatCompletionRequest) -> ChatCompletionResponse:
+        result = self._submit(req).result()
+        self.metrics.tokens.labels(self.metrics.service).inc(result.completion_tokens)
+        return ChatCompletionResponse(
+            model=self.model_name,
+            choices=[CompletionChoice(message=ChoiceMessage(content=result.text), finish_reason=result.finish_reason)],
+            usage=_usage(result),
+        )
+
+    def completion_chunks(self, req: ChatCompletionRequest) -> tuple[Iterator[tuple[None, object]], Generation]:
+        """OpenAI streaming: a role chunk, content chunks, a finish chunk (with usage), then ``[DONE]``."""
+        gen = self._submit(req)
+        chunk_id = f"chatcmpl-{uuid.uuid4().hex}"
+
+        def chunk(delta: DeltaMessage, finish: str | None = None, usage: Usage | None = None) -> str:
+            return ChatCompletionChunk(id=chunk_id, model=self.model_name, usage=usage,
+                                       choices=[ChunkChoice(delta=delta, finish_reason=finish)]).model_dump_json(exclude_none=True)
+
+        def events() -> Iterator[tuple[None, object]]:
+            try:
+                yield None, chunk(DeltaMessage(role="assistant", content=""))
+                for delta in gen:
+                    yield None, chunk(DeltaMessage(content=delta))
+                result = gen.result()
+                self.metrics.tokens.labels(self.metrics.service).inc(result.completion_tokens)
+                yield None, chunk(DeltaMessage(), result.finish_reason, _usage(result))
+            except EngineError as exc:
+                yield None, _error_body(exc)
+            yield None, "[DONE]"
+
+        return events(), gen
+
+    # ---- discovery --------------------------------------------------------------------------------------------
+    def card(self, base_url: str) -> AgentCard:
+        return AgentCard(
+            name=self.persona.name,
+            description=self.persona.description,
+            url=self.settings.public_url or base_url.rstrip("/"),
+            version=VERSION,
+            capabilities=AgentCapabilities(streaming=True),
+            skills=self.persona.skills,
+            preferredTransport="HTTP+JSON",
+            conclave={"persona": self.persona.id, "chat": "/chat", "openai": "/v1", "model": self.model_name},
+        )
+
+
+def _usage(result: GenerationResult) -> Usage:
+    return Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+                 total_tokens=result.prompt_tokens + result.completion_tokens)
+
+
+def _error_body(exc: EngineError) -> dict:
+    err = engine_api_error(exc)
+    return {"error": ErrorDetail(message=err.message, type=err.type, code=err.code).model_dump()}

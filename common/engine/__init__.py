@@ -1,0 +1,16 @@
+"""Text generation behind one interface: ``submit(GenerationRequest) -> Generation``, for a local model or a server."""
+
+from __future__ import annotations
+
+from .types import Constraint, Generation, GenerationRequest, GenerationResult  # noqa: F401
+
+
+def make_engine(settings):
+    """The engine the settings ask for: a remote OpenAI-compatible server when REMOTE_URL is set, else local."""
+    if settings.remote_url:
+        from .remote import RemoteEngine
+
+        return RemoteEngine.from_settings(settings)
+    from .local import LocalEngine
+
+    return LocalEngine.from_settings(settings)

@@ -1,0 +1,62 @@
+"""Constraints (EBNF, regex, choice, JSON schema) -> xgrammar matchers that mask the logits of one batch row."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+import xgrammar as xgr
+
+from .types import Constraint, InvalidConstraint
+
+
+def choice_to_ebnf(choices: list[str]) -> str:
+    """A grammar admitting exactly one of ``choices`` (vLLM's ``choice``)."""
+    if not choices or not all(isinstance(c, str) for c in choices):
+        raise InvalidConstraint("choice must be a non-empty list of strings")
+    return "root ::= " + " | ".join(json.dumps(c) for c in choices)
+
+
+class GrammarCompiler:
+    """Compiles constraints against one tokenizer; xgrammar caches compiled grammars, so repeats are free."""
+
+    def __init__(self, tokenizer, vocab_size: int):
+        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+        self._compiler = xgr.GrammarCompiler(info, max_threads=1)
+        self.vocab_size = vocab_size
+
+    def compile(self, constraint: Constraint) -> xgr.CompiledGrammar:
+        try:
+            if constraint.kind == "grammar":
+                return self._compiler.compile_grammar(str(constraint.value))
+            if constraint.kind == "regex":
+                return self._compiler.compile_regex(str(constraint.value))
+            if constraint.kind == "choice":
+                return self._compiler.compile_grammar(choice_to_ebnf(constraint.value))  # type: ignore[arg-type]
+            if constraint.kind == "json":
+                schema = constraint.value
+                if schema in (None, True, {}, "object"):
+                    return self._compiler.compile_builtin_json_grammar()
+                if not isinstance(schema, str):
+                    schema = json.dumps(schema)
+                return self._compiler.compile_json_schema(schema)
+        except InvalidConstraint:
+            raise
+        except Exception as exc:  # xgrammar raises RuntimeError/ValueError subclasses with a useful message
+            raise InvalidConstraint(f"invalid {constraint.kind} constraint: {exc}") from exc
+        raise InvalidConstraint(f"unknown constraint kind {constraint.kind!r}")
+
+    @staticmethod
+    def matcher(compiled: xgr.CompiledGrammar) -> xgr.GrammarMatcher:
+        return xgr.GrammarMatcher(compiled)
+
+
+def mask_logits(logits: torch.Tensor, matchers: list[xgr.GrammarMatcher | None], vocab_size: int) -> None:
+    """Set to -inf, in place, every token a row's grammar does not admit next; rows without a matcher are left be."""
+    rows = [i for i, m in enumerate(matchers) if m is not None]
+    if not rows:
+        return
+    bitmask = xgr.allocate_token_bitmask(logits.shape[0], vocab_size)
+    applied = [i for i in rows if matchers[i].fill_next_token_bitmask(bitmask, i)]
+    if applied:
+        xgr.apply_token_bitmask_inplace(logits, bitmask, vocab_size=vocab_size, indices=applied)

@@ -1,0 +1,385 @@
+"""The local engine: one scheduler thread owns the model and decodes every waiting request together.
+
+Continuous batching over a left-padded KV cache. At each step the scheduler
+  1. admits waiting requests: prefills them as one left-padded group and merges their cache rows into the running
+     batch (shorter side padded on the left, so every row's newest token sits in the last column);
+  2. otherwise decodes one token for every running row;
+  3. samples per row (its own temperature/top_p, grammar mask, min_new_tokens), streams each row's new text, and
+     drops finished, cancelled and timed-out rows from the cache at once.
+Callers never touch torch: they submit a :class:`GenerationRequest` and read a :class:`Generation`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .grammar import GrammarCompiler, mask_logits
+from .loading import load_model
+from .types import (
+    EngineError,
+    EngineNotReady,
+    EngineOverloaded,
+    Generation,
+    GenerationCancelled,
+    GenerationRequest,
+    GenerationTimeout,
+    InvalidConstraint,
+)
+
+log = logging.getLogger(__name__)
+
+
+class PromptTooLong(InvalidConstraint):
+    code = "prompt_too_long"
+
+
+@dataclass
+class _Row:
+    """One request's state inside the running batch."""
+
+    gen: Generation
+    prompt_ids: list[int]
+    matcher: object | None = None
+    token_ids: list[int] = field(default_factory=list)
+    emitted: int = 0  # characters of text already pushed to the caller
+    text: str = ""
+    finish_reason: str | None = None
+
+
+class LocalEngine:
+    """Batched generation on a local transformers model. ``start()`` loads the model in a background thread."""
+
+    def __init__(
+        self,
+        model: str = "embedded",
+        dtype: str = "auto",
+        device: str = "auto",
+        cache_dir: Path | None = None,
+        max_batch_size: int = 16,
+        max_queue: int = 64,
+        loader: Callable = load_model,
+    ):
+        self.model_spec = model
+        self.model_name = model
+        self.max_batch_size = max_batch_size
+        self._load_args = (model, dtype, device, cache_dir)
+        self._loader = loader
+        self._queue: queue.Queue[_Row] = queue.Queue(maxsize=max_queue)
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self.load_error: str | None = None
+        self.model = self.tokenizer = self.grammars = None
+        self.running_rows = 0
+        self.tokens_generated = 0
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_settings(cls, settings) -> "LocalEngine":
+        return cls(
+            settings.model,
+            settings.dtype,
+            settings.device,
+            settings.cache_dir,
+            settings.max_batch_size,
+            settings.max_queue,
+        )
+
+    # ---- lifecycle -------------------------------------------------------------------------------------------
+    def start(self) -> "LocalEngine":
+        self._thread = threading.Thread(target=self._run, name="engine-scheduler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        self._ready.wait(timeout)
+        return self.ready
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and self.load_error is None
+
+    @property
+    def status(self) -> str:
+        if self.load_error:
+            return f"model failed to load: {self.load_error}"
+        return "ready" if self.ready else f"model {self.model_spec} is loading"
+
+    @property
+    def waiting(self) -> int:
+        return self._queue.qsize()
+
+    def _load(self) -> None:
+        model, tokenizer, source = self._loader(*self._load_args)
+        self.model, self.tokenizer, self.model_name = model, tokenizer, source.name
+        self.device = next(model.parameters()).device
+        vocab = model.get_output_embeddings().weight.shape[0]
+        self.vocab_size = vocab
+        self.grammars = GrammarCompiler(tokenizer, vocab)
+        eos = {tokenizer.eos_token_id, *(_as_list(model.generation_config.eos_token_id))}
+        eos |= {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>")
+                if t in tokenizer.get_vocab()}
+        self.eos_ids = sorted(i for i in eos if i is not None)
+        self.max_positions = getattr(model.config, "max_position_embeddings", 8192)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+
+    # ---- submission (caller threads) ---------------------------------------------------------------------------
+    def submit(self, request: GenerationRequest) -> Generation:
+        """Queue a request. Tokenizing and grammar compilation happen here, in the caller's thread."""
+        if not self.ready:
+            raise EngineNotReady(self.status, retry_after=5)
+        prompt_ids = self.tokenizer.apply_chat_template(
+            request.messages, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        if hasattr(prompt_ids, "input_ids"):
+            prompt_ids = prompt_ids["input_ids"]
+        if len(prompt_ids) + request.max_new_tokens > self.max_positions:
+            raise PromptTooLong(
+                f"prompt of {len(prompt_ids)} tokens plus max_new_tokens {request.max_new_tokens} exceeds the "
+                f"model's context of {self.max_positions} tokens"
+            )
+        matcher = None
+        if request.constraint is not None:
+            matcher = self.grammars.matcher(self.grammars.compile(request.constraint))
+        gen = Generation(request)
+        try:
+            self._queue.put_nowait(_Row(gen, list(prompt_ids), matcher))
+        except queue.Full:
+            raise EngineOverloaded(f"{self._queue.maxsize} requests are already waiting", retry_after=2) from None
+        return gen
+
+    # ---- scheduler thread ---------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._load()
+        except Exception as exc:  # reported by /ready, never swallowed
+            log.exception("model load failed")
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            self._ready.set()
+            return
+        self._ready.set()
+        log.info("engine ready: %s on %s (%s)", self.model_name, self.device, self.model.dtype)
+        rows: list[_Row] = []
+        cache = mask = next_tokens = None
+        while not self._stopping.is_set():
+            new = self._admit(block=not rows, room=self.max_batch_size - len(rows))
+            try:
+                with torch.inference_mode():
+                    if new:
+                        logits, new_cache, new_mask = self._prefill(new)
+                        self._sample_and_advance(new, logits)
+                        new_next = self._last_tokens(new)
+                        if rows:
+                            cache, mask = _merge(cache, mask, new_cache, new_mask)
+                            next_tokens = torch.cat([next_tokens, new_next])
+                        else:
+                            cache, mask, next_tokens = new_cache, new_mask, new_next
+                        rows = rows + new
+                    elif rows:
+                        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+                        positions = (mask.sum(dim=1, keepdim=True) - 1)
+                        out = self.model(
+                            input_ids=next_tokens,
+                            attention_mask=mask,
+                            position_ids=positions,
+                            past_key_values=cache,
+                            use_cache=True,
+                        )
+                        cache = out.past_key_values
+                        self._sample_and_advance(rows, out.logits[:, -1, :].float())
+                        next_tokens = self._last_tokens(rows)
+                    else:
+                        continue
+                    keep = [i for i, r in enumerate(rows) if not self._retire(r)]
+                    if len(keep) < len(rows):
+                        rows = [rows[i] for i in keep]
+                        if rows:
+                            cache, mask, next_tokens = _select(cache, mask, next_tokens, keep)
+                        else:
+                            cache = mask = next_tokens = None
+                    self.running_rows = len(rows)
+            except Exception as exc:  # one bad step must not kill the scheduler; fail what was in flight
+                log.exception("decode step failed")
+                for r in rows + new:
+                    if not r.gen.done:
+                        r.gen.fail(EngineError(f"generation failed: {type(exc).__name__}: {exc}"))
+                rows, cache, mask, next_tokens = [], None, None, None
+                self.running_rows = 0
+
+    def _admit(self, block: bool, room: int) -> list[_Row]:
+        new: list[_Row] = []
+        if room <= 0:
+            return new
+        try:
+            if block:
+                new.append(self._queue.get(timeout=0.2))
+            while len(new) < room:
+                new.append(self._queue.get_nowait())
+        except queue.Empty:
+            pass
+        now = time.monotonic()
+        admitted = []
+        for r in new:  # requests that died while they waited never reach the model
+            if r.gen.cancelled:
+                r.gen.fail(GenerationCancelled("client went away"))
+            elif now > r.gen.deadline:
+                r.gen.fail(GenerationTimeout("request timed out while waiting in the queue"))
+            else:
+                admitted.append(r)
+        return admitted
+
+    def _prefill(self, rows: list[_Row]):
+        width = max(len(r.prompt_ids) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r.prompt_ids)
+            ids[i, width - n:] = torch.tensor(r.prompt_ids)
+            mask[i, width - n:] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        from transformers import DynamicCache
+
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=DynamicCache(config=self.model.config),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1, :].float(), out.past_key_values, mask
+
+    def _last_tokens(self, rows: list[_Row]) -> torch.Tensor:
+        # A row that ended on its first step has no token; it is retired before the next decode, so pad stands in.
+        return torch.tensor([[r.token_ids[-1] if r.token_ids else self.pad_id] for r in rows], device=self.device)
+
+    def _sample_and_advance(self, rows: list[_Row], logits: torch.Tensor) -> None:
+        """Pick each row's next token under its own constraints, then update its text and finish state."""
+        matchers = [r.matcher if r.finish_reason is None else None for r in rows]
+        mask_logits(logits, matchers, self.vocab_size)
+        for i, r in enumerate(rows):
+            req = r.gen.request
+            if r.matcher is None and len(r.token_ids) < req.min_new_tokens:
+                logits[i, self.eos_ids] = float("-inf")
+        greedy = logits.argmax(dim=-1).tolist()
+        for i, r in enumerate(rows):
+            if r.finish_reason is not None:
+                continue
+            req = r.gen.request
+            token = greedy[i] if req.temperature <= 0 else _sample(logits[i], req.temperature, req.top_p)
+            r.token_ids.append(token)
+            self.tokens_generated += 1
+            if r.matcher is not None:
+                r.matcher.accept_token(token)
+            if token in self.eos_ids:
+                r.token_ids.pop()  # the end-of-turn token is never part of the answer
+                r.finish_reason = "stop"
+            elif r.matcher is not None and r.matcher.is_terminated():
+                r.finish_reason = "stop"
+            elif len(r.token_ids) >= req.max_new_tokens:
+                r.finish_reason = "length"
+            self._stream(r)
+
+    def _stream(self, r: _Row) -> None:
+        """Push the row's newly safe text: nothing that may still turn out to begin a stop string."""
+        text = self.tokenizer.decode(r.token_ids, skip_special_tokens=True)
+        stops = r.gen.request.stop
+        for s in stops:
+            at = text.find(s)
+            if at != -1:
+                text = text[:at]
+                r.finish_reason = "stop"
+        if r.finish_reason is None:
+            text = text.rstrip("\ufffd")  # half of a multi-byte character
+            held = max((_overlap(text, s) for s in stops), default=0)
+            safe = text[: len(text) - held].rstrip()  # trailing space may be the last thing before the end
+        else:
+            safe = text.rstrip()
+        safe_start = len(safe) - len(safe.lstrip()) if r.emitted == 0 else 0
+        if len(safe) > r.emitted:
+            r.gen.push(safe[max(r.emitted, safe_start):])
+            r.emitted = len(safe)
+        r.text = text
+
+    def _retire(self, r: _Row) -> bool:
+        """True when the row leaves the batch: finished, cancelled or past its deadline."""
+        if r.finish_reason is not None:
+            r.gen.finish(len(r.prompt_ids), len(r.token_ids), r.finish_reason)
+            return True
+        if r.gen.cancelled:
+            r.gen.fail(GenerationCancelled("client went away"))
+            return True
+        if time.monotonic() > r.gen.deadline:
+            r.gen.fail(GenerationTimeout(f"generation exceeded its time limit of {r.gen.request.timeout_s:g}s"))
+            return True
+        return False
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _overlap(text: str, stop: str) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of ``stop``."""
+    for n in range(min(len(stop) - 1, len(text)), 0, -1):
+        if text.endswith(stop[:n]):
+            return n
+    return 0
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float) -> int:
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        cut = sorted_probs.cumsum(-1) - sorted_probs > top_p
+        sorted_probs[cut] = 0.0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1).item())
+
+
+def _layers(cache):
+    return cache.layers
+
+
+def _merge(cache_a, mask_a, cache_b, mask_b):
+    """Stack two left-padded batches into one, padding the shorter on the left so the newest tokens align."""
+    width = max(mask_a.shape[1], mask_b.shape[1])
+
+    def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
+        missing = width - t.shape[dim]
+        if missing == 0:
+            return t
+        shape = list(t.shape)
+        shape[dim] = missing
+        return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+    for la, lb in zip(_layers(cache_a), _layers(cache_b)):
+        la.keys = torch.cat([pad(la.keys, 2), pad(lb.keys, 2)])
+        la.values = torch.cat([pad(la.values, 2), pad(lb.values, 2)])
+    return cache_a, torch.cat([pad(mask_a, 1), pad(mask_b, 1)])
+
+
+def _select(cache, mask, next_tokens, keep: list[int]):
+    """Keep only the rows in ``keep`` and drop leading columns that are padding in every remaining row."""
+    index = torch.tensor(keep, device=mask.device)
+    mask = mask.index_select(0, index)
+    next_tokens = next_tokens.index_select(0, index)
+    lead = int((mask.sum(dim=0) == 0).long().cumprod(dim=0).sum().item())
+    mask = mask[:, lead:]
+    for layer in _layers(cache):
+        layer.keys = layer.keys.index_select(0, index)[:, :, lead:]
+        layer.values = layer.values.index_select(0, index)[:, :, lead:]
+    return cache, mask, next_tokens

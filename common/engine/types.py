@@ -1,0 +1,156 @@
+"""The engine's vocabulary: plain dataclasses, no HTTP, no pydantic.
+
+Every engine (local batched, remote OpenAI-compatible) takes a :class:`GenerationRequest` and hands back a
+:class:`Generation` handle from which the caller reads text deltas as they are decoded, or the whole result.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Literal
+
+ConstraintKind = Literal["grammar", "regex", "choice", "json"]
+
+
+class EngineError(Exception):
+    """A generation failed; ``code`` maps onto an HTTP status in the web layer."""
+
+    code = "engine_error"
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class EngineNotReady(EngineError):
+    code = "not_ready"
+
+
+class EngineOverloaded(EngineError):
+    code = "overloaded"
+
+
+class GenerationTimeout(EngineError):
+    code = "timeout"
+
+
+class InvalidConstraint(EngineError):
+    code = "invalid_constraint"
+
+
+class GenerationCancelled(EngineError):
+    code = "cancelled"
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """Output constraint in vLLM's ``structured_outputs`` terms. ``value`` is EBNF, a regex, a list, or a schema."""
+
+    kind: ConstraintKind
+    value: object
+
+
+@dataclass
+class GenerationRequest:
+    messages: list[dict[str, str]]
+    max_new_tokens: int = 512
+    min_new_tokens: int = 0
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    constraint: Constraint | None = None
+    timeout_s: float = 600.0
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" | "length"
+    elapsed_s: float
+
+
+_DONE = object()
+
+
+class Generation:
+    """A handle on one request in flight. The engine pushes deltas; the caller iterates or waits.
+
+    Thread-safe: the producer (a scheduler thread or an HTTP reader) calls ``push``/``finish``/``fail``; the consumer
+    calls ``__iter__``/``result``/``cancel``.
+    """
+
+    def __init__(self, request: GenerationRequest):
+        self.request = request
+        self.created = time.monotonic()
+        self.deadline = self.created + request.timeout_s
+        self._deltas: queue.Queue = queue.Queue()
+        self._done = threading.Event()
+        self._cancelled = threading.Event()
+        self._result: GenerationResult | None = None
+        self._error: EngineError | None = None
+        self._text: list[str] = []
+
+    # producer side
+    def push(self, delta: str) -> None:
+        if delta:
+            self._text.append(delta)
+            self._deltas.put(delta)
+
+    def finish(self, prompt_tokens: int, completion_tokens: int, finish_reason: str) -> None:
+        self._result = GenerationResult(
+            text="".join(self._text).strip(),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            finish_reason=finish_reason,
+            elapsed_s=time.monotonic() - self.created,
+        )
+        self._done.set()
+        self._deltas.put(_DONE)
+
+    def fail(self, error: EngineError) -> None:
+        self._error = error
+        self._done.set()
+        self._deltas.put(_DONE)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    # consumer side
+    def cancel(self) -> None:
+        """The client went away: the engine drops the request at its next step."""
+        self._cancelled.set()
+
+    def __iter__(self) -> Iterator[str]:
+        """Yield text deltas as they are decoded; raise the engine's error if the generation failed."""
+        while True:
+            remaining = self.deadline - time.monotonic() + 5.0
+            try:
+                item = self._deltas.get(timeout=max(remaining, 0.1))
+            except queue.Empty:
+                self.cancel()
+                raise GenerationTimeout(f"generation exceeded its time limit of {self.request.timeout_s:g}s")
+            if item is _DONE:
+                if self._error is not None:
+                    raise self._error
+                return
+            yield item
+
+    def result(self) -> GenerationResult:
+        """Wait for the whole answer (whether or not the deltas were read); raise the engine's error if it failed."""
+        if not self._done.wait(timeout=max(self.deadline - time.monotonic() + 5.0, 0.1)):
+            self.cancel()
+            raise GenerationTimeout(f"generation exceeded its time limit of {self.request.timeout_s:g}s")
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result

@@ -1,0 +1,334 @@
+"""Every wire schema of Conclave in one place: /chat, sessions, OpenAI chat completions, agent cards, /integrate, errors.
+
+Requests validate with ``Model.model_validate(body)``; a request turns itself into engine parameters with
+``to_generation_request``. OpenAI-shaped models allow unknown fields, as OpenAI does; our own ignore them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from common.engine.types import Constraint, GenerationRequest
+
+MAX_STOP_STRINGS = 8
+
+
+class Lenient(BaseModel):
+    """Our own request models: unknown fields are ignored, as the seed's clients send extras."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class OpenAIModel(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# ---- errors ---------------------------------------------------------------------------------------------------------
+class ErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error, authentication_error, not_found, server_error, ...")
+    code: str | int | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+# ---- generation parameters shared by /chat and /v1/chat/completions --------------------------------------------------
+class SamplingFields(BaseModel):
+    max_new_tokens: int | None = Field(None, ge=1, description="Clamped to the server's MAX_NEW_TOKENS_LIMIT.")
+    min_new_tokens: int = Field(0, ge=0, le=4096, description="Force at least this many tokens (benchmarks).")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 decodes greedily.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: list[str] | str | None = Field(None, description="Up to 8 strings that end the answer; not included.")
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, value: list[str] | str | None) -> list[str]:
+        stops = [value] if isinstance(value, str) else list(value or [])
+        if len(stops) > MAX_STOP_STRINGS or any(not s for s in stops):
+            raise ValueError(f"stop takes at most {MAX_STOP_STRINGS} non-empty strings")
+        return stops
+
+
+# ---- /chat ----------------------------------------------------------------------------------------------------------
+class ChatRequest(Lenient, SamplingFields):
+    """The seed's request: ``{"intent": "..."}``, plus optional generation controls and a session."""
+
+    intent: str = Field(min_length=1, max_length=32_000, description="The question or instruction for the expert.")
+    session_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    stream: bool = False
+
+    @field_validator("intent")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("intent must not be blank")
+        return value
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatResponse(BaseModel):
+    response: str
+    persona: str
+    model: str
+    session_id: str | None
+    usage: Usage
+    finish_reason: str
+    elapsed_ms: int
+
+
+class Turn(BaseModel):
+    role: Literal["user", "assistant"]
+    content: str
+    created_at: float
+
+
+class SessionHistory(BaseModel):
+    session_id: str
+    persona: str
+    turns: list[Turn]
+
+
+# ---- OpenAI chat completions (the subset vLLM serves, plus its structured_outputs) ---------------------------------------
+class ChatMessage(OpenAIModel):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):  # content parts: keep the text ones
+            return "".join(p.get("text", "") for p in self.content if isinstance(p, dict))
+        return self.content or ""
+
+
+class StructuredOutputs(OpenAIModel):
+    """vLLM's ``structured_outputs``: exactly one of the four."""
+
+    grammar: str | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    json_schema: dict[str, Any] | str | bool | None = Field(None, alias="json")
+
+    def to_constraint(self) -> Constraint | None:
+        given = [(k, v) for k, v in (("grammar", self.grammar), ("regex", self.regex), ("choice", self.choice),
+                                      ("json", self.json_schema)) if v is not None]
+        if len(given) > 1:
+            raise ValueError("structured_outputs takes only one of grammar, regex, choice, json")
+        return Constraint(given[0][0], given[0][1]) if given else None  # type: ignore[arg-type]
+
+
+class ResponseFormat(OpenAIModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+    def to_constraint(self) -> Constraint | None:
+        if self.type == "json_object":
+            return Constraint("json", True)
+        if self.type == "json_schema":
+            if not self.json_schema or "schema" not in self.json_schema:
+                raise ValueError("response_format json_schema needs json_schema.schema")
+            return Constraint("json", self.json_schema["schema"])
+        return None
+
+
+class ChatCompletionRequest(OpenAIModel, SamplingFields):
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1, max_length=256)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1, description="Only one choice is generated.")
+    structured_outputs: StructuredOutputs | None = None
+    response_format: ResponseFormat | None = None
+
+    @model_validator(mode="after")
+    def _one_constraint(self) -> "ChatCompletionRequest":
+        self.constraint()  # raises ValueError -> 400 when both are given or one is malformed
+        return self
+
+    def constraint(self) -> Constraint | None:
+        a = self.structured_outputs.to_constraint() if self.structured_outputs else None
+        b = self.response_format.to_constraint() if self.response_format else None
+        if a and b:
+            raise ValueError("give structured_outputs or response_format, not both")
+        return a or b
+
+    def to_generation_request(self, system_prompt: str | None, default_max: int, limit: int,
+                              timeout_s: float) -> GenerationRequest:
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in self.messages if m.role != "tool"]
+        if system_prompt:
+            # The persona speaks first; a caller's own system message follows it as extra instructions.
+            messages.insert(0, {"role": "system", "content": system_prompt})
+            messages = _merge_system(messages)
+        wanted = self.max_completion_tokens or self.max_tokens or self.max_new_tokens or default_max
+        return GenerationRequest(
+            messages=messages,
+            max_new_tokens=min(wanted, limit),
+            min_new_tokens=min(self.min_new_tokens, limit),
+            temperature=self.temperature,
+            top_p=self.top_p,
+            stop=list(self.stop or []),
+            constraint=self.constraint(),
+            timeout_s=timeout_s,
+        )
+
+
+def _merge_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Fold every system message into one at the front: chat templates accept a single leading system turn."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system" and m["content"])
+    rest = [m for m in messages if m["role"] != "system"]
+    return [{"role": "system", "content": system}, *rest]
+
+
+class ChoiceMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    message: ChoiceMessage
+    finish_reason: str
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str = Field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class DeltaMessage(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: DeltaMessage
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    owned_by: str = "conclave"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# ---- A2A agent card ---------------------------------------------------------------------------------------------------
+class AgentSkill(BaseModel):
+    id: str
+    name: str
+    description: str
+    tags: list[str] = []
+    examples: list[str] = []
+
+
+class AgentCapabilities(BaseModel):
+    streaming: bool = True
+    pushNotifications: bool = False
+
+
+class AgentCard(BaseModel):
+    """The A2A agent card (``/.well-known/agent-card.json``): how the orchestrator learns what an expert is for."""
+
+    model_config = ConfigDict(extra="allow")
+
+    protocolVersion: str = "0.3.0"
+    name: str
+    description: str
+    url: str
+    version: str
+    capabilities: AgentCapabilities = AgentCapabilities()
+    defaultInputModes: list[str] = ["text/plain", "application/json"]
+    defaultOutputModes: list[str] = ["text/plain", "application/json"]
+    skills: list[AgentSkill] = []
+
+    def routing_text(self) -> str:
+        """What the router embeds: the description and every skill with its examples."""
+        parts = [self.description]
+        for s in self.skills:
+            parts += [s.name, s.description, *s.tags, *s.examples]
+        return "\n".join(parts)
+
+
+# ---- orchestrator -----------------------------------------------------------------------------------------------------
+class IntegrateRequest(Lenient):
+    task: str = Field(min_length=1, max_length=16_000, description="What the panel should work on.")
+    strategy: Literal["react", "panel"] = "react"
+    max_steps: int | None = Field(None, ge=1, le=20)
+    experts: list[str] | None = Field(None, description="Restrict to these expert names.")
+    stream: bool = False
+
+    @field_validator("task")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("task must not be blank")
+        return value
+
+
+class Step(BaseModel):
+    """One consultation (or routing decision) in a run."""
+
+    thought: str = ""
+    expert: str | None = None
+    input: str = ""
+    observation: str = ""
+    ok: bool = True
+    elapsed_ms: int = 0
+    ranking: list[dict[str, Any]] | None = Field(None, description="Experts by similarity to the task, best first.")
+    chosen_by: str | None = Field(None, description="'ranking' when the ranking forced the choice, else 'llm'.")
+
+
+class IntegrateResponse(BaseModel):
+    response: str
+    run_id: str
+    strategy: str
+    experts: list[str]
+    steps: list[Step]
+    elapsed_ms: int
+    fallback: bool = Field(False, description="True when the answer was synthesised after the step or time limit.")
+
+
+class RunRecord(IntegrateResponse):
+    task: str
+    created_at: float
+    status: Literal["running", "done", "failed"]
+    error: str | None = None
+
+
+class ExpertStatus(BaseModel):
+    name: str
+    url: str
+    description: str
+    healthy: bool
+    ready: bool
+    detail: str = ""

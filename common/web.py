@@ -1,0 +1,191 @@
+"""App-factory helpers both services share: one error shape, auth, body limit, JSON parsing, SSE, metrics, request ids.
+
+No route lives here; ``install(app, settings, name)`` wires the cross-cutting behaviour into a Flask app.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+import uuid
+from typing import Callable, Iterable, Iterator, TypeVar
+
+from flask import Flask, Response, g, request
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import HTTPException
+
+from common.engine.types import (
+    EngineError,
+    EngineNotReady,
+    EngineOverloaded,
+    GenerationCancelled,
+    GenerationTimeout,
+    InvalidConstraint,
+)
+from common.protocol import ErrorDetail, ErrorResponse
+from common.settings import WebSettings
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+
+# Paths anyone may read without a key: liveness, and the UI's static page (it holds no data and asks for the key).
+OPEN_PATHS = {"/health", "/"}
+
+
+class ApiError(Exception):
+    """Raised anywhere below a route; becomes ``{"error": {...}}`` with ``status``."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
+                 retry_after: float | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.retry_after = status, message, type_, code, retry_after
+
+
+# Engine failures map onto HTTP: (status, error type).
+ENGINE_STATUS: dict[type, tuple[int, str]] = {
+    EngineNotReady: (503, "service_unavailable"),
+    EngineOverloaded: (429, "rate_limit_exceeded"),
+    GenerationTimeout: (504, "timeout"),
+    InvalidConstraint: (400, "invalid_request_error"),
+    GenerationCancelled: (499, "cancelled"),
+}
+
+
+def engine_api_error(exc: EngineError) -> ApiError:
+    status, type_ = next((v for k, v in ENGINE_STATUS.items() if isinstance(exc, k)), (500, "server_error"))
+    return ApiError(status, str(exc), type_, exc.code, exc.retry_after)
+
+
+def error_response(status: int, message: str, type_: str, code: str | int | None = None,
+                   retry_after: float | None = None) -> Response:
+    body = ErrorResponse(error=ErrorDetail(message=message, type=type_, code=code))
+    resp = Response(body.model_dump_json(), status=status, mimetype="application/json")
+    if retry_after is not None:
+        resp.headers["Retry-After"] = str(max(1, int(round(retry_after))))
+    return resp
+
+
+def parse_body(model: type[M]) -> M:
+    """Validate the JSON body against ``model``; any problem is a 400 that says what is wrong."""
+    raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ApiError(400, "request body is not valid UTF-8") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply") from None
+    except ValueError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(400, "; ".join(_describe(e) for e in exc.errors()), code="validation_error") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply") from None
+
+
+def _describe(error: dict) -> str:
+    where = ".".join(str(p) for p in error.get("loc", ())) or "body"
+    return f"{where}: {error.get('msg', 'invalid')}"
+
+
+def sse(events: Iterable[tuple[str | None, object]], on_close: Callable[[], None] | None = None) -> Response:
+    """Stream ``(event, data)`` pairs as server-sent events; ``on_close`` runs when the client goes away or it ends."""
+
+    def body() -> Iterator[str]:
+        try:
+            for event, data in events:
+                payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+                yield (f"event: {event}\n" if event else "") + f"data: {payload}\n\n"
+        finally:
+            if on_close:
+                on_close()
+
+    resp = Response(body(), mimetype="text/event-stream")
+    resp.headers["Cache-Control"] = "no-cache"
+    resp.headers["X-Accel-Buffering"] = "no"
+    return resp
+
+
+class Metrics:
+    """Prometheus metrics on a registry of the app's own (no process globals, so tests can build many apps)."""
+
+    def __init__(self, service: str):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("conclave_requests_total", "HTTP requests by route and status",
+                                ["service", "route", "status"], registry=self.registry)
+        self.latency = Histogram("conclave_request_seconds", "HTTP request latency", ["service", "route"],
+                                 registry=self.registry,
+                                 buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
+        self.tokens = Counter("conclave_tokens_generated_total", "Tokens generated", ["service"],
+                              registry=self.registry)
+        self.waiting = Gauge("conclave_requests_waiting", "Requests queued for the engine", ["service"],
+                             registry=self.registry)
+        self.running = Gauge("conclave_requests_running", "Requests being decoded", ["service"],
+                             registry=self.registry)
+        self.service = service
+
+    def render(self) -> Response:
+        return Response(generate_latest(self.registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def install(app: Flask, settings: WebSettings, service: str) -> Metrics:
+    """Register error handlers, auth, the body limit, request ids and metrics on ``app``."""
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    metrics = Metrics(service)
+    app.extensions["metrics"] = metrics
+    expected = f"Bearer {settings.api_key}".encode() if settings.api_key else None
+
+    @app.before_request
+    def _start() -> Response | None:
+        g.started = time.perf_counter()
+        g.request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex[:16]
+        if expected is None or request.path in OPEN_PATHS or request.path.startswith("/static/"):
+            return None
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            return error_response(401, "missing or invalid API key (send 'Authorization: Bearer <key>')",
+                                  "authentication_error", "invalid_api_key")
+        return None
+
+    @app.after_request
+    def _finish(resp: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.requests.labels(service, route, str(resp.status_code)).inc()
+        metrics.latency.labels(service, route).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        resp.headers["X-Request-ID"] = g.get("request_id", "")
+        return resp
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Response:
+        return error_response(exc.status, exc.message, exc.type, exc.code, exc.retry_after)
+
+    @app.errorhandler(EngineError)
+    def _engine_error(exc: EngineError) -> Response:
+        return _api_error(engine_api_error(exc))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        type_ = {401: "authentication_error", 404: "not_found", 405: "method_not_allowed",
+                 413: "request_too_large"}.get(exc.code or 500, "invalid_request_error")
+        message = exc.description or exc.name
+        if exc.code == 413:
+            message = f"request body larger than {settings.max_body_bytes} bytes"
+        return error_response(exc.code or 500, message, type_, exc.code)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s [%s]", request.method, request.path, g.get("request_id"))
+        return error_response(500, f"internal error (request id {g.get('request_id')})", "server_error")
+
+    return metrics
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,208 @@
+"""The expert's HTTP layer against a fake engine: routing, validation, errors, auth, sessions, streaming."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agents.app import create_app
+from common.engine.types import EngineOverloaded, GenerationTimeout
+from common.settings import AgentSettings
+from tests.fakes import FakeEngine
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return AgentSettings(persona="law_expert", data_dir=tmp_path, max_new_tokens_limit=100)
+
+
+@pytest.fixture
+def engine():
+    return FakeEngine()
+
+
+@pytest.fixture
+def client(settings, engine):
+    return create_app(settings, engine).test_client()
+
+
+def error_of(resp):
+    body = resp.get_json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "code"}
+    return body["error"]
+
+
+def test_seed_chat_call_answers_with_response_and_metadata(client):
+    resp = client.post("/chat", json={"intent": "What does GDPR say about erasure?"})
+    assert resp.status_code == 200
+    body = resp.get_json()
+    assert body["response"] == "Hello from the fake engine."
+    assert body["persona"] == "law_expert" and body["model"] == "fake-model"
+    assert body["usage"]["completion_tokens"] == 5 and body["session_id"] is None
+    assert "elapsed_ms" in body
+
+
+def test_persona_is_the_system_message_and_unknown_fields_are_ignored(client, engine):
+    client.post("/chat", json={"intent": "hi", "something_else": 1})
+    messages = engine.requests[0].messages
+    assert messages[0]["role"] == "system" and "lawyer" in messages[0]["content"]
+    assert messages[-1] == {"role": "user", "content": "hi"}
+
+
+def test_max_new_tokens_is_clamped_to_the_configured_limit(client, engine):
+    client.post("/chat", json={"intent": "hi", "max_new_tokens": 100000})
+    assert engine.requests[0].max_new_tokens == 100
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({}, "intent"),
+    ({"intent": ""}, "intent"),
+    ({"intent": "   "}, "blank"),
+    ({"intent": 5}, "intent"),
+    ({"intent": "x", "temperature": 9}, "temperature"),
+    ({"intent": "x", "top_p": 0}, "top_p"),
+    ({"intent": "x", "max_new_tokens": 0}, "max_new_tokens"),
+    ({"intent": "x", "stop": [""]}, "stop"),
+    ({"intent": "x", "session_id": "../etc"}, "session_id"),
+    ([1, 2], "object"),
+])
+def test_bad_input_is_a_400_in_the_error_shape(client, body, fragment):
+    resp = client.post("/chat", json=body)
+    assert resp.status_code == 400
+    assert fragment in error_of(resp)["message"]
+
+
+@pytest.mark.parametrize("raw", [b"{bad", b"\xff\xfe\xfa", b"[" * 100000 + b"]" * 100000])
+def test_malformed_bodies_are_400_not_500(client, raw):
+    resp = client.post("/chat", data=raw[:60000], content_type="application/json")
+    assert resp.status_code == 400
+    error_of(resp)
+
+
+def test_oversize_body_is_413(client):
+    resp = client.post("/chat", json={"intent": "x" * 70_000})
+    assert resp.status_code == 413
+    assert error_of(resp)["type"] == "request_too_large"
+
+
+def test_not_ready_is_503_but_health_is_200(settings):
+    client = create_app(settings, FakeEngine(ready=False)).test_client()
+    assert client.get("/health").status_code == 200
+    for resp in (client.get("/ready"), client.post("/chat", json={"intent": "hi"})):
+        assert resp.status_code == 503
+        assert "loading" in error_of(resp)["message"]
+        assert resp.headers["Retry-After"]
+
+
+@pytest.mark.parametrize("error, status", [(EngineOverloaded("full", retry_after=2), 429),
+                                           (GenerationTimeout("too slow"), 504)])
+def test_engine_failures_map_to_their_status(settings, error, status):
+    client = create_app(settings, FakeEngine(error=error)).test_client()
+    resp = client.post("/chat", json={"intent": "hi"})
+    assert resp.status_code == status
+    error_of(resp)
+    if status == 429:
+        assert resp.headers["Retry-After"] == "2"
+
+
+def test_unknown_route_and_method_use_the_error_shape(client):
+    assert client.get("/nope").status_code == 404 and error_of(client.get("/nope"))
+    assert client.get("/chat").status_code == 405 and error_of(client.get("/chat"))
+
+
+def test_sessions_keep_history_and_send_it_as_context(client, engine):
+    client.post("/chat", json={"intent": "first", "session_id": "s1"})
+    client.post("/chat", json={"intent": "second", "session_id": "s1"})
+    history = client.get("/sessions/s1").get_json()
+    assert [t["content"] for t in history["turns"]] == ["first", engine.answer, "second", engine.answer]
+    assert [m["content"] for m in engine.requests[1].messages[1:]] == ["first", engine.answer, "second"]
+    assert client.delete("/sessions/s1").get_json()["deleted_turns"] == 4
+    assert client.get("/sessions/s1").get_json()["turns"] == []
+
+
+def test_history_sent_is_capped_at_max_history_length(tmp_path):
+    engine = FakeEngine()
+    settings = AgentSettings(persona="ai_expert", data_dir=tmp_path, max_history_length=2)
+    client = create_app(settings, engine).test_client()
+    for i in range(5):
+        client.post("/chat", json={"intent": f"q{i}", "session_id": "s"})
+    sent = engine.requests[-1].messages
+    assert len(sent) == 1 + 2 * 2 + 1  # system, two exchanges, the new question
+
+
+def sse_events(resp):
+    events = []
+    for block in resp.get_data(as_text=True).strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((lines.get("event"), lines["data"]))
+    return events
+
+
+def test_streamed_chat_sends_deltas_then_done(client):
+    resp = client.post("/chat", json={"intent": "hi", "stream": True, "session_id": "st"})
+    assert resp.mimetype == "text/event-stream"
+    events = sse_events(resp)
+    deltas = [json.loads(d)["delta"] for e, d in events if e == "delta"]
+    assert "".join(deltas) == "Hello from the fake engine."
+    assert events[-1][0] == "done" and json.loads(events[-1][1])["usage"]["completion_tokens"] == 5
+    assert len(client.get("/sessions/st").get_json()["turns"]) == 2
+
+
+def test_openai_completion_and_stream(client):
+    body = {"model": "x", "messages": [{"role": "user", "content": "hi"}]}
+    resp = client.post("/v1/chat/completions", json=body)
+    assert resp.get_json()["choices"][0]["message"]["content"] == "Hello from the fake engine."
+    events = sse_events(client.post("/v1/chat/completions", json={**body, "stream": True}))
+    assert events[-1][1] == "[DONE]"
+    text = "".join(json.loads(d)["choices"][0]["delta"].get("content", "") for _, d in events[:-1])
+    assert text == "Hello from the fake engine."
+
+
+@pytest.mark.parametrize("extra, kind", [
+    ({"structured_outputs": {"grammar": 'root ::= "a"'}}, "grammar"),
+    ({"structured_outputs": {"regex": "[0-9]+"}}, "regex"),
+    ({"structured_outputs": {"choice": ["yes", "no"]}}, "choice"),
+    ({"structured_outputs": {"json": {"type": "object"}}}, "json"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}},
+     "json"),
+])
+def test_structured_outputs_reach_the_engine(client, engine, extra, kind):
+    client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], **extra})
+    assert engine.requests[-1].constraint.kind == kind
+
+
+def test_two_constraints_at_once_are_refused(client):
+    resp = client.post("/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "hi"}],
+        "structured_outputs": {"regex": "a", "choice": ["a"]},
+    })
+    assert resp.status_code == 400
+
+
+def test_agent_card_has_the_a2a_shape_on_both_paths(client):
+    for path in ("/.well-known/agent-card.json", "/.well-known/agent.json"):
+        card = client.get(path).get_json()
+        assert card["name"] == "Legal Expert" and card["capabilities"]["streaming"] is True
+        assert card["url"].startswith("http://") and card["version"]
+        assert all({"id", "name", "description", "examples"} <= set(s) for s in card["skills"])
+
+
+def test_api_key_guards_everything_but_health(tmp_path, engine):
+    settings = AgentSettings(persona="ai_expert", data_dir=tmp_path, api_key="s3cret")
+    client = create_app(settings, engine).test_client()
+    assert client.get("/health").status_code == 200
+    for path in ("/ready", "/metrics", "/sessions/a", "/.well-known/agent-card.json", "/v1/models"):
+        resp = client.get(path, headers={"Authorization": "Bearer wrong"})
+        assert resp.status_code == 401 and "s3cret" not in resp.get_data(as_text=True)
+    assert client.post("/chat", json={"intent": "hi"}).status_code == 401
+    ok = client.post("/chat", json={"intent": "hi"}, headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
+
+
+def test_metrics_count_requests_and_tokens(client):
+    client.post("/chat", json={"intent": "hi"})
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'conclave_requests_total{route="/chat",service="law_expert",status="200"} 1.0' in text
+    assert 'conclave_tokens_generated_total{service="law_expert"} 5.0' in text
+    assert "conclave_requests_waiting" in text and "conclave_request_seconds_bucket" in text
