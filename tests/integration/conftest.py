@@ -1,0 +1,21 @@
+"""Real services on free localhost ports, on the embedded model. Session-scoped: each model loads once per run."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.services import expert
+
+
+@pytest.fixture(scope="session")
+def law_expert(tmp_path_factory):
+    service = expert("law_expert", tmp_path_factory.mktemp("law")).start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def ai_expert(tmp_path_factory):
+    service = expert("ai_expert", tmp_path_factory.mktemp("ai")).start()
+    yield service
+    service.stop()
