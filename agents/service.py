@@ -58,6 +58,7 @@ class ExpertService:
             min_new_tokens=req.min_new_tokens,
             temperature=req.temperature,
             top_p=req.top_p,
+            repetition_penalty=req.repetition_penalty or self.settings.default_repetition_penalty,
             stop=req.stop,
         )
         return self._submit(completion)

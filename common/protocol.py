@@ -44,6 +44,7 @@ class SamplingFields(BaseModel):
     min_new_tokens: int = Field(0, ge=0, le=4096, description="Force at least this many tokens (benchmarks).")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 decodes greedily.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    repetition_penalty: float | None = Field(None, ge=1.0, le=2.0, description="Above 1 discourages loops.")
     stop: list[str] | str | None = Field(None, description="Up to 8 strings that end the answer; not included.")
 
     @field_validator("stop")
@@ -162,8 +163,8 @@ class ChatCompletionRequest(OpenAIModel, SamplingFields):
             raise ValueError("give structured_outputs or response_format, not both")
         return a or b
 
-    def to_generation_request(self, system_prompt: str | None, default_max: int, limit: int,
-                              timeout_s: float) -> GenerationRequest:
+    def to_generation_request(self, system_prompt: str | None, default_max: int, limit: int, timeout_s: float,
+                              default_repetition_penalty: float = 1.0) -> GenerationRequest:
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in self.messages if m.role != "tool"]
         if system_prompt:
@@ -177,6 +178,7 @@ class ChatCompletionRequest(OpenAIModel, SamplingFields):
             min_new_tokens=min(self.min_new_tokens, limit),
             temperature=self.temperature,
             top_p=self.top_p,
+            repetition_penalty=self.repetition_penalty or default_repetition_penalty,
             stop=list(self.stop or []),
             constraint=self.constraint(),
             timeout_s=timeout_s,

@@ -71,6 +71,10 @@ class AgentSettings(WebSettings, EngineSettings):
     public_url: str | None = Field(None, validation_alias="PUBLIC_URL", description="URL written in the agent card.")
     default_max_new_tokens: int = Field(512, ge=1, validation_alias="DEFAULT_MAX_NEW_TOKENS")
     max_history_length: int = Field(10, ge=2, le=20, validation_alias="MAX_HISTORY_LENGTH")
+    default_repetition_penalty: float = Field(
+        1.15, ge=1.0, le=2.0, validation_alias="DEFAULT_REPETITION_PENALTY",
+        description="Used by /chat when a request gives none; small models repeat themselves without it.",
+    )
 
 
 class OrchestratorSettings(WebSettings, EngineSettings):

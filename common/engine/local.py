@@ -272,6 +272,8 @@ class LocalEngine:
             req = r.gen.request
             if r.matcher is None and len(r.token_ids) < req.min_new_tokens:
                 logits[i, self.eos_ids] = float("-inf")
+            if req.repetition_penalty != 1.0 and r.token_ids:
+                _penalize(logits[i], r.token_ids, req.repetition_penalty)
         greedy = logits.argmax(dim=-1).tolist()
         for i, r in enumerate(rows):
             if r.finish_reason is not None:
@@ -338,6 +340,13 @@ def _overlap(text: str, stop: str) -> int:
         if text.endswith(stop[:n]):
             return n
     return 0
+
+
+def _penalize(logits: torch.Tensor, token_ids: list[int], penalty: float) -> None:
+    """CTRL-style repetition penalty over the tokens this row has generated (small models loop without it)."""
+    seen = torch.tensor(sorted(set(token_ids)), device=logits.device)
+    scores = logits[seen]
+    logits[seen] = torch.where(scores > 0, scores / penalty, scores * penalty)
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float) -> int:

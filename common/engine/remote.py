@@ -86,6 +86,8 @@ class RemoteEngine:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        if request.repetition_penalty != 1.0:
+            body["repetition_penalty"] = request.repetition_penalty  # vLLM's and TGI's extra parameter
         if request.min_new_tokens:
             body["min_tokens"] = request.min_new_tokens  # vLLM's name
         if request.stop:

@@ -60,6 +60,7 @@ class GenerationRequest:
     min_new_tokens: int = 0
     temperature: float = 0.0
     top_p: float = 1.0
+    repetition_penalty: float = 1.0
     stop: list[str] = field(default_factory=list)
     constraint: Constraint | None = None
     timeout_s: float = 600.0

@@ -1,0 +1,28 @@
+"""``python -m orchestrator [--port 5002]``: start the orchestrator under gunicorn."""
+
+from __future__ import annotations
+
+import argparse
+
+from common.serve import serve
+from common.settings import OrchestratorSettings
+from common.web import configure_logging
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator", description="Run the Conclave orchestrator.")
+    parser.add_argument("--port", type=int, help="port (env ORCHESTRATOR_PORT, default 5002)")
+    parser.add_argument("--host", help="bind address (env HOST)")
+    parser.add_argument("--experts", help="comma-separated expert URLs (env EXPERT_URLS)")
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in {"port": args.port, "host": args.host, "expert_urls": args.experts}.items()
+                 if v is not None}
+    settings = OrchestratorSettings(**overrides)
+    configure_logging(settings.log_level)
+    from orchestrator.app import create_app
+
+    serve(lambda: create_app(settings), settings.host, settings.port, log_level=settings.log_level)
+
+
+if __name__ == "__main__":
+    main()

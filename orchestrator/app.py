@@ -1,0 +1,90 @@
+"""The orchestrator's HTTP face: thin routes over :class:`Orchestrator`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from flask import Flask, request, send_from_directory
+
+from common.client import ExpertClient
+from common.engine import make_engine
+from common.protocol import IntegrateRequest
+from common.settings import OrchestratorSettings
+from common.web import ApiError, error_response, install, parse_body, sse
+from orchestrator.experts import ExpertRegistry
+from orchestrator.routing import Embedder, Router
+from orchestrator.runs import RunStore
+from orchestrator.service import Orchestrator
+
+STATIC = Path(__file__).with_name("static")
+
+
+def create_app(settings: OrchestratorSettings | None = None, llm=None, experts: ExpertRegistry | None = None,
+               router_factory=None) -> Flask:
+    """Build the orchestrator. ``llm`` is an engine (local or remote); ``experts`` a registry; both injectable."""
+    settings = settings or OrchestratorSettings()
+    engine = llm if llm is not None else make_engine(settings).start()
+    if experts is None:
+        experts = ExpertRegistry(settings.expert_url_list, lambda url: ExpertClient(
+            url, settings.api_key, settings.connect_timeout_s, settings.read_timeout_s, settings.retries))
+    app = Flask(__name__, static_folder=None)
+    metrics = install(app, settings, "orchestrator")
+    service = Orchestrator(settings, engine, experts, router_factory or (lambda: Router(Embedder())),
+                           RunStore(settings.data_dir / "runs.sqlite3"))
+    app.extensions["orchestrator"] = service
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    def ready():
+        ok, detail = service.readiness()
+        if ok:
+            return {"status": "ready", **detail}
+        resp = error_response(503, f"not ready: llm {detail['llm']}; experts missing: "
+                              f"{', '.join(detail['experts_missing']) or 'none'}", "service_unavailable", "not_ready",
+                              retry_after=5)
+        resp.set_data(json.dumps({**resp.get_json(), **detail}))  # the error shape, plus which parts are missing
+        return resp
+
+    @app.post("/integrate")
+    def integrate():
+        req = parse_body(IntegrateRequest)
+        if req.stream:
+            return sse(service.integrate_events(req))
+        return service.integrate(req).model_dump()
+
+    @app.get("/experts")
+    def experts_list():
+        return {"experts": [s.model_dump() for s in experts.statuses()]}
+
+    @app.get("/runs")
+    def runs_list():
+        limit = request.args.get("limit", "50")
+        if not limit.isdigit() or not 1 <= int(limit) <= 500:
+            raise ApiError(400, "limit must be a whole number from 1 to 500")
+        return {"runs": [r.model_dump() for r in service.runs.list(int(limit))]}
+
+    @app.get("/runs/<run_id>")
+    def run_get(run_id: str):
+        record = service.runs.get(run_id)
+        if record is None:
+            raise ApiError(404, f"no run {run_id}", "not_found")
+        return record.model_dump()
+
+    @app.get("/metrics")
+    def metrics_text():
+        metrics.waiting.labels("orchestrator").set(getattr(engine, "waiting", 0))
+        return metrics.render()
+
+    @app.get("/")
+    def index():
+        return send_from_directory(STATIC, "index.html")
+
+    @app.get("/static/<path:name>")
+    def static_file(name: str):
+        return send_from_directory(STATIC, name)
+
+    return app

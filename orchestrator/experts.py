@@ -1,0 +1,79 @@
+"""Discovery: each expert's agent card becomes a named expert with a client; missing ones are retried later."""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from typing import Iterable
+
+from common.client import ExpertClient, ExpertError
+from common.protocol import AgentCard, ExpertStatus
+
+
+def tool_name(card_name: str) -> str:
+    """'Legal Expert' -> 'legal_expert': a name a ReAct step can write and a grammar can list."""
+    return re.sub(r"[^a-z0-9]+", "_", card_name.lower()).strip("_") or "expert"
+
+
+@dataclass
+class Expert:
+    name: str
+    url: str
+    card: AgentCard
+    client: ExpertClient
+
+    @property
+    def description(self) -> str:
+        return self.card.description
+
+
+class ExpertRegistry:
+    """The experts named by EXPERT_URLS. A card is read once; an expert that was down is looked up again on use."""
+
+    def __init__(self, urls: Iterable[str], make_client):
+        self.urls = list(urls)
+        self._make_client = make_client
+        self._experts: dict[str, Expert] = {}  # by url
+        self._lock = threading.Lock()
+
+    def _discover(self, url: str) -> Expert | None:
+        with self._lock:
+            if url in self._experts:
+                return self._experts[url]
+        client = self._make_client(url)
+        try:
+            card = client.card()
+        except ExpertError:
+            return None
+        expert = Expert(self._unique_name(tool_name(card.name), url), url, card, client)
+        with self._lock:
+            return self._experts.setdefault(url, expert)
+
+    def _unique_name(self, name: str, url: str) -> str:
+        taken = {e.name for u, e in self._experts.items() if u != url}
+        candidate, n = name, 2
+        while candidate in taken:
+            candidate, n = f"{name}_{n}", n + 1
+        return candidate
+
+    def known(self) -> list[Expert]:
+        """Experts whose card was read (discovering any not yet seen)."""
+        return [e for e in (self._discover(u) for u in self.urls) if e is not None]
+
+    def select(self, names: list[str] | None) -> list[Expert]:
+        experts = self.known()
+        if names:
+            experts = [e for e in experts if e.name in names or e.card.name in names]
+        return experts
+
+    def statuses(self) -> list[ExpertStatus]:
+        out = []
+        for url in self.urls:
+            expert = self._discover(url)
+            client = expert.client if expert else self._make_client(url)
+            ready, why = client.ready()
+            out.append(ExpertStatus(
+                name=expert.name if expert else url, url=url, description=expert.description if expert else "",
+                healthy=expert is not None or ready, ready=ready, detail=why))
+        return out

@@ -1,0 +1,52 @@
+"""Runs in SQLite: written when a run starts and when it ends, so a crash leaves a 'running' row, never a torn one."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+from common.protocol import RunRecord
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    status TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_time ON runs (created_at);
+"""
+
+
+class RunStore:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30)
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    def save(self, record: RunRecord) -> None:
+        with closing(self._connect()) as db, db:
+            db.execute(
+                "INSERT INTO runs (run_id, created_at, status, record) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(run_id) DO UPDATE SET status = excluded.status, record = excluded.record",
+                (record.run_id, record.created_at, record.status, record.model_dump_json()),
+            )
+
+    def get(self, run_id: str) -> RunRecord | None:
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT record FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return RunRecord.model_validate(json.loads(row[0])) if row else None
+
+    def list(self, limit: int = 50) -> list[RunRecord]:
+        with closing(self._connect()) as db:
+            rows = db.execute("SELECT record FROM runs ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
+        return [RunRecord.model_validate(json.loads(r[0])) for r in rows]

@@ -1,0 +1,126 @@
+"""The orchestrator's serving layer: a task in, strategies run, a stored run out. No Flask in here."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from typing import Callable, Iterator
+
+from common.protocol import IntegrateRequest, IntegrateResponse, RunRecord
+from common.settings import OrchestratorSettings
+from common.web import ApiError
+from orchestrator.experts import ExpertRegistry
+from orchestrator.panel import run_panel
+from orchestrator.react import Outcome, run_react
+from orchestrator.routing import Router
+from orchestrator.runs import RunStore
+from orchestrator.trace import Emit, RunTrace
+
+log = logging.getLogger(__name__)
+
+
+def _react(self: "Orchestrator", req: IntegrateRequest, experts, ranking, trace: RunTrace) -> Outcome:
+    s = self.settings
+    return run_react(self.engine, req.task, experts, ranking, trace, max_steps=req.max_steps or s.max_steps,
+                     routing=s.routing, margin=s.routing_margin, timeout_s=s.run_timeout_s,
+                     expert_max_new_tokens=s.expert_max_new_tokens)
+
+
+def _panel(self: "Orchestrator", req: IntegrateRequest, experts, ranking, trace: RunTrace) -> Outcome:
+    s = self.settings
+    return run_panel(self.engine, req.task, experts, ranking, trace, top_k=s.panel_top_k, timeout_s=s.run_timeout_s,
+                     expert_max_new_tokens=s.expert_max_new_tokens)
+
+
+STRATEGIES: dict[str, Callable] = {"react": _react, "panel": _panel}
+
+
+class Orchestrator:
+    def __init__(self, settings: OrchestratorSettings, engine, registry: ExpertRegistry,
+                 router_factory: Callable[[], Router], runs: RunStore):
+        self.settings, self.engine, self.registry, self.runs = settings, engine, registry, runs
+        self.router: Router | None = None
+        self.router_error: str | None = None
+        threading.Thread(target=self._load_router, args=(router_factory,), daemon=True, name="router-load").start()
+
+    def _load_router(self, factory: Callable[[], Router]) -> None:
+        try:
+            self.router = factory()
+        except Exception as exc:  # reported by /ready
+            log.exception("router failed to load")
+            self.router_error = f"{type(exc).__name__}: {exc}"
+
+    def readiness(self) -> tuple[bool, dict]:
+        statuses = self.registry.statuses()
+        missing = [s.url for s in statuses if not s.ready]
+        brain_ready = self.engine.ready and self.router is not None
+        detail = {
+            "llm": self.engine.status if self.router is not None else (self.router_error or "router is loading"),
+            "experts_ready": [s.name for s in statuses if s.ready],
+            "experts_missing": missing,
+        }
+        return brain_ready and len(missing) < len(statuses), detail
+
+    def _prepare(self, req: IntegrateRequest):
+        if not self.engine.ready or self.router is None:
+            raise ApiError(503, f"orchestrator not ready: {self.engine.status}", "service_unavailable", "not_ready",
+                           retry_after=5)
+        experts = self.registry.select(req.experts)
+        if not experts:
+            tried = ", ".join(req.experts or self.registry.urls)
+            raise ApiError(503, f"no expert reachable (tried: {tried})", "service_unavailable", "no_experts",
+                           retry_after=10)
+        return experts, self.router.rank(req.task, experts)
+
+    def integrate(self, req: IntegrateRequest, emit: Emit | None = None) -> IntegrateResponse:
+        experts, ranking = self._prepare(req)
+        return self._run(req, experts, ranking, emit)
+
+    def _run(self, req: IntegrateRequest, experts, ranking, emit: Emit | None) -> IntegrateResponse:
+        run_id = uuid.uuid4().hex
+        started, created = time.perf_counter(), time.time()
+        trace = RunTrace(emit=emit or (lambda event, data: None))
+        record = RunRecord(response="", run_id=run_id, strategy=req.strategy, experts=[], steps=[], elapsed_ms=0,
+                           task=req.task, created_at=created, status="running")
+        self.runs.save(record)
+        trace.emit("start", {"run_id": run_id, "strategy": req.strategy,
+                             "ranking": [{"expert": r.name, "score": round(r.score, 4)} for r in ranking]})
+        try:
+            outcome = STRATEGIES[req.strategy](self, req, experts, ranking, trace)
+        except Exception as exc:
+            log.exception("run %s failed", run_id)
+            record = record.model_copy(update={"status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                                               "steps": trace.steps, "experts": trace.consulted,
+                                               "elapsed_ms": int((time.perf_counter() - started) * 1000)})
+            self.runs.save(record)
+            raise
+        response = IntegrateResponse(response=outcome.response, run_id=run_id, strategy=req.strategy,
+                                     experts=trace.consulted, steps=trace.steps, fallback=outcome.fallback,
+                                     elapsed_ms=int((time.perf_counter() - started) * 1000))
+        self.runs.save(RunRecord(**response.model_dump(), task=req.task, created_at=created, status="done"))
+        return response
+
+    def integrate_events(self, req: IntegrateRequest) -> Iterator[tuple[str, object]]:
+        """Run in the background and yield its events as they happen, ending with ``final`` or ``error``."""
+        experts, ranking = self._prepare(req)  # errors here are plain HTTP errors, before the stream starts
+        events: queue.Queue = queue.Queue()
+
+        def work() -> None:
+            try:
+                events.put(("final", self._run(req, experts, ranking, lambda e, d: events.put((e, d))).model_dump()))
+            except Exception as exc:
+                events.put(("error", {"error": {"message": str(exc), "type": "server_error", "code": None}}))
+
+        threading.Thread(target=work, daemon=True, name="integrate-stream").start()
+
+        def stream() -> Iterator[tuple[str, object]]:
+            while True:
+                event, data = events.get()
+                yield event, data
+                if event in ("final", "error"):
+                    return
+
+        return stream()

@@ -1,0 +1,40 @@
+"""What a run records as it goes: its steps, the experts consulted, and live events for streaming."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from common.client import ExpertError
+from common.protocol import Step
+
+Emit = Callable[[str, dict], None]
+
+
+@dataclass
+class RunTrace:
+    emit: Emit = lambda event, data: None
+    steps: list[Step] = field(default_factory=list)
+    consulted: list[str] = field(default_factory=list)
+
+    def consult(self, expert, question: str, thought: str = "", chosen_by: str | None = None,
+                ranking: list[dict] | None = None, max_new_tokens: int = 256) -> Step:
+        """Ask one expert, record the step (failures included, as readable observations) and stream it."""
+        self.emit("action", {"thought": thought, "expert": expert.name, "input": question})
+        started = time.perf_counter()
+        try:
+            answer = expert.client.chat(question, name=expert.name, max_new_tokens=max_new_tokens)
+            observation, ok = answer.response, True
+        except ExpertError as exc:
+            observation, ok = f"{exc} (continue with the other experts)", False
+        step = Step(thought=thought, expert=expert.name, input=question, observation=observation, ok=ok,
+                    elapsed_ms=int((time.perf_counter() - started) * 1000), chosen_by=chosen_by, ranking=ranking)
+        self.steps.append(step)
+        if expert.name not in self.consulted:
+            self.consulted.append(expert.name)
+        self.emit("observation", step.model_dump())
+        return step
+
+    def answers(self) -> list[tuple[str, str]]:
+        return [(s.expert, s.observation) for s in self.steps if s.ok and s.expert]
