@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from common.engine.types import EngineError, Generation, GenerationRequest
 
@@ -16,11 +17,15 @@ class FakeEngine:
     waiting = 0
     tokens_generated = 0
 
-    def __init__(self, answer="Hello from the fake engine.", ready: bool = True, error: EngineError | None = None):
+    def __init__(self, answer="Hello from the fake engine.", ready: bool = True, error: EngineError | None = None,
+                 delay_s: float = 0.0):
         self.answer = answer
         self.ready = ready
         self.error = error
+        self.delay_s = delay_s
         self.requests: list[GenerationRequest] = []
+        self.started: list[float] = []  # monotonic start and end of each request, to show overlap
+        self.ended: list[float] = []
 
     @property
     def status(self) -> str:
@@ -38,9 +43,53 @@ class FakeEngine:
         words = text.split(" ")[: request.max_new_tokens]
 
         def produce() -> None:
+            self.started.append(time.monotonic())
+            time.sleep(self.delay_s)
+            self.ended.append(time.monotonic())
             for i, word in enumerate(words):
                 gen.push(word if i == 0 else " " + word)
             gen.finish(len(str(request.messages)), len(words), "stop")
 
         threading.Thread(target=produce, daemon=True).start()
         return gen
+
+
+class ScriptedEngine(FakeEngine):
+    """The orchestrator's brain in unit tests: answers from a script, one entry per call.
+
+    An entry is a string or a function of the request. Every answer given under a grammar is checked against that
+    grammar with xgrammar, so a script cannot pass a test with a step the real engine could never produce.
+    """
+
+    def __init__(self, script):
+        super().__init__()
+        self.script = list(script)
+
+    def submit(self, request: GenerationRequest) -> Generation:
+        from xgrammar.testing import _is_grammar_accept_string
+
+        entry = self.script.pop(0) if self.script else "Final Answer: out of script"
+        text = entry(request) if callable(entry) else entry
+        if request.constraint is not None:
+            assert _is_grammar_accept_string(request.constraint.value, text), (text, request.constraint.value)
+        self.requests.append(request)
+        gen = Generation(request)
+        gen.push(text)
+        gen.finish(10, len(text.split()), "stop")
+        return gen
+
+
+class KeywordEmbedder:
+    """Embeds text as counts of law words and computing words: enough to make the router's ranking predictable."""
+
+    LAW = ("law", "legal", "gdpr", "regulation", "liab", "contract", "court", "compliance")
+    TECH = ("neural", "network", "model", "algorithm", "software", "data", "machine", "comput", "ai ")
+
+    def __call__(self, texts):
+        import torch
+
+        rows = []
+        for t in texts:
+            low = t.lower() + " "
+            rows.append([sum(low.count(w) for w in self.LAW) + 0.01, sum(low.count(w) for w in self.TECH) + 0.01])
+        return torch.nn.functional.normalize(torch.tensor(rows, dtype=torch.float32), dim=-1)

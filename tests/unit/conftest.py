@@ -1,0 +1,40 @@
+"""Real HTTP experts (fake engines) on free localhost ports, for the orchestrator's unit tests."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from werkzeug.serving import make_server
+
+from agents.app import create_app
+from common.settings import AgentSettings
+from tests.fakes import FakeEngine
+
+
+class LiveExpert:
+    def __init__(self, persona: str, data_dir, engine: FakeEngine, api_key: str | None = None):
+        self.engine = engine
+        app = create_app(AgentSettings(persona=persona, data_dir=data_dir, api_key=api_key), engine)
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def live_expert(tmp_path):
+    started = []
+
+    def start(persona: str, answer: str = "An expert answer.", **kw) -> LiveExpert:
+        engine_kw = {k: kw.pop(k) for k in ("delay_s", "error") if k in kw}
+        expert = LiveExpert(persona, tmp_path / f"{persona}-{len(started)}", FakeEngine(answer, **engine_kw), **kw)
+        started.append(expert)
+        return expert
+
+    yield start
+    for expert in started:
+        expert.stop()
