@@ -22,6 +22,7 @@ class ExpertClient:
                  read_timeout_s: float = 300.0, retries: int = 2, backoff_s: float = 0.5,
                  session: requests.Session | None = None):
         self.base_url = base_url.rstrip("/")
+        self.name = self.base_url  # replaced by the expert's tool name once its card is read
         self.timeout = (connect_timeout_s, read_timeout_s)
         self.retries = retries
         self.backoff_s = backoff_s
@@ -37,17 +38,17 @@ class ExpertClient:
                                           **kwargs)
             except requests.ConnectionError as exc:
                 if attempt == self.retries:
-                    raise ExpertError(self.base_url, f"cannot connect to {url} ({_short(exc)})") from None
+                    raise ExpertError(self.name, f"cannot connect to {url} ({_short(exc)})") from None
                 time.sleep(self.backoff_s * 2**attempt)
             except requests.Timeout:
-                raise ExpertError(self.base_url, f"no answer from {url} within {self.timeout[1]:g}s") from None
+                raise ExpertError(self.name, f"no answer from {url} within {self.timeout[1]:g}s") from None
             except requests.RequestException as exc:
-                raise ExpertError(self.base_url, _short(exc)) from None
+                raise ExpertError(self.name, _short(exc)) from None
         raise AssertionError("unreachable")
 
     def card(self) -> AgentCard:
         resp = self._request("GET", "/.well-known/agent-card.json", timeout=(self.timeout[0], 10))
-        _raise_for(resp, self.base_url)
+        _raise_for(resp, self.name)
         return AgentCard.model_validate(resp.json())
 
     def ready(self) -> tuple[bool, str]:
@@ -60,9 +61,9 @@ class ExpertClient:
             return True, ""
         return False, _message(resp)
 
-    def chat(self, intent: str, name: str | None = None, **fields) -> ChatResponse:
+    def chat(self, intent: str, **fields) -> ChatResponse:
         resp = self._request("POST", "/chat", json={"intent": intent, **fields})
-        _raise_for(resp, name or self.base_url)
+        _raise_for(resp, self.name)
         return ChatResponse.model_validate(resp.json())
 
 

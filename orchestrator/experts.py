@@ -46,8 +46,9 @@ class ExpertRegistry:
             card = client.card()
         except ExpertError:
             return None
-        expert = Expert(self._unique_name(tool_name(card.name), url), url, card, client)
         with self._lock:
+            expert = Expert(self._unique_name(tool_name(card.name), url), url, card, client)
+            client.name = expert.name
             return self._experts.setdefault(url, expert)
 
     def _unique_name(self, name: str, url: str) -> str:

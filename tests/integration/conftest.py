@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.services import expert
+from tests.services import expert, orchestrator_service
 
 
 @pytest.fixture(scope="session")
@@ -17,5 +17,12 @@ def law_expert(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ai_expert(tmp_path_factory):
     service = expert("ai_expert", tmp_path_factory.mktemp("ai")).start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def orchestrator(tmp_path_factory, law_expert, ai_expert):
+    service = orchestrator_service(tmp_path_factory.mktemp("orch"), [law_expert.url, ai_expert.url]).start()
     yield service
     service.stop()

@@ -1,0 +1,104 @@
+"""The whole system on the embedded model: two real experts and a real orchestrator, over real HTTP."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+
+from tests.services import expert, free_port, orchestrator_service
+
+pytestmark = pytest.mark.integration
+SEED_TASK = "制定人工智能合规标准，避免人工智能伤害人类"
+
+
+def integrate(service, **body):
+    return requests.post(f"{service.url}/integrate", json=body, timeout=900)
+
+
+def test_seed_call_returns_an_answer_drawn_from_an_expert(orchestrator):
+    resp = integrate(orchestrator, task=SEED_TASK)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["response"].strip() and "iteration limit" not in body["response"]
+    assert body["experts"] and all(s["ok"] for s in body["steps"])
+    assert body["steps"][0]["ranking"] and body["steps"][0]["chosen_by"] == "ranking"
+    assert body["steps"][0]["observation"].strip()
+
+
+def test_react_routes_a_plain_tech_question_to_the_computer_scientist(orchestrator):
+    body = integrate(orchestrator, task="How does a neural network learn from training data?", max_steps=2).json()
+    assert body["experts"][0] == "ai_expert"
+
+
+def test_panel_consults_every_expert_and_merges(orchestrator):
+    body = integrate(orchestrator, task="Who is liable when an AI system leaks personal data?",
+                     strategy="panel").json()
+    assert sorted(body["experts"]) == ["ai_expert", "legal_expert"] and body["response"].strip()
+
+
+def test_streaming_integrate_sends_steps_then_the_final_answer(orchestrator):
+    with requests.post(f"{orchestrator.url}/integrate", stream=True, timeout=900,
+                       json={"task": "What does GDPR say about consent?", "stream": True, "max_steps": 2}) as resp:
+        events = [line[7:] for line in resp.iter_lines(decode_unicode=True) if line.startswith("event: ")]
+    assert events[0] == "start" and events[-1] == "final"
+    assert "action" in events and "observation" in events
+
+
+def test_runs_survive_an_orchestrator_restart(tmp_path, law_expert, ai_expert):
+    service = orchestrator_service(tmp_path, [law_expert.url]).start()
+    try:
+        run_id = integrate(service, task="What is a contract?", strategy="panel").json()["run_id"]
+        service.stop()
+        service.start()
+        record = requests.get(f"{service.url}/runs/{run_id}", timeout=10).json()
+        assert record["status"] == "done" and record["task"] == "What is a contract?" and record["response"]
+    finally:
+        service.stop()
+
+
+def test_an_expert_killed_mid_run_is_named_and_the_run_finishes(tmp_path, law_expert):
+    doomed = expert("ai_expert", tmp_path / "doomed").start()
+    service = orchestrator_service(tmp_path / "orch", [law_expert.url, doomed.url]).start()
+    try:
+        with requests.post(f"{service.url}/integrate", stream=True, timeout=900,
+                           json={"task": "How do neural networks handle personal data?", "strategy": "panel",
+                                 "stream": True}) as resp:
+            final = None
+            for line in resp.iter_lines(decode_unicode=True):
+                if line.startswith("event: start"):
+                    doomed.kill()
+                if line.startswith("data: ") and '"run_id"' in line and '"steps"' in line:
+                    final = json.loads(line[6:])
+        failed = [s for s in final["steps"] if not s["ok"]]
+        assert failed and failed[0]["expert"] == "ai_expert" and "ai_expert" in failed[0]["observation"]
+        assert final["response"].strip()
+    finally:
+        doomed.stop()
+        service.stop()
+
+
+def test_orchestrator_before_experts_reports_them_missing_then_recovers(tmp_path):
+    port = free_port()
+    late_url = f"http://127.0.0.1:{port}"
+    service = orchestrator_service(tmp_path / "orch", [late_url]).start(wait="health")
+    late = None
+    try:
+        resp = requests.get(f"{service.url}/ready", timeout=10)
+        assert resp.status_code == 503 and late_url in resp.json()["experts_missing"]
+        assert integrate(service, task="x").status_code == 503
+        late = expert("law_expert", tmp_path / "late", port=port).start()
+        service.wait("ready", timeout=120)
+        assert integrate(service, task="What is a tort?", strategy="panel").status_code == 200
+    finally:
+        if late:
+            late.stop()
+        service.stop()
+
+
+@pytest.mark.parametrize("body, status", [({}, 400), ({"task": " "}, 400), ({"task": "x", "strategy": "x"}, 400),
+                                          ({"task": "x" * 80_000}, 413)])
+def test_bad_input_over_real_http(orchestrator, body, status):
+    resp = requests.post(f"{orchestrator.url}/integrate", json=body, timeout=30)
+    assert resp.status_code == status and "message" in resp.json()["error"]
