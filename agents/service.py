@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from agents.personas import Persona
 from agents.sessions import SessionStore
@@ -130,8 +130,9 @@ class ExpertService:
         chunk_id = f"chatcmpl-{uuid.uuid4().hex}"
 
         def chunk(delta: DeltaMessage, finish: str | None = None, usage: Usage | None = None) -> str:
-            return ChatCompletionChunk(id=chunk_id, model=self.model_name, usage=usage,
-                                       choices=[ChunkChoice(delta=delta, finish_reason=finish)]).model_dump_json(exclude_none=True)
+            body = ChatCompletionChunk(id=chunk_id, model=self.model_name, usage=usage,
+                                       choices=[ChunkChoice(delta=delta, finish_reason=finish)])
+            return body.model_dump_json(exclude_none=True)
 
         def events() -> Iterator[tuple[None, object]]:
             try:

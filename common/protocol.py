@@ -1,4 +1,5 @@
-"""Every wire schema of Conclave in one place: /chat, sessions, OpenAI chat completions, agent cards, /integrate, errors.
+"""Every wire schema of Conclave in one place: /chat, sessions, OpenAI chat completions, agent cards, /integrate,
+errors.
 
 Requests validate with ``Model.model_validate(body)``; a request turns itself into engine parameters with
 ``to_generation_request``. OpenAI-shaped models allow unknown fields, as OpenAI does; our own ignore them.
@@ -27,7 +28,7 @@ class OpenAIModel(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-# ---- errors ---------------------------------------------------------------------------------------------------------
+# ---- errors --------------------------------------------------------------------------------------------------------
 class ErrorDetail(BaseModel):
     message: str
     type: str = Field(description="invalid_request_error, authentication_error, not_found, server_error, ...")
@@ -38,7 +39,7 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-# ---- generation parameters shared by /chat and /v1/chat/completions --------------------------------------------------
+# ---- generation parameters shared by /chat and /v1/chat/completions ------------------------------------------------
 class SamplingFields(BaseModel):
     max_new_tokens: int | None = Field(None, ge=1, description="Clamped to the server's MAX_NEW_TOKENS_LIMIT.")
     min_new_tokens: int = Field(0, ge=0, le=4096, description="Force at least this many tokens (benchmarks).")
@@ -56,7 +57,7 @@ class SamplingFields(BaseModel):
         return stops
 
 
-# ---- /chat ----------------------------------------------------------------------------------------------------------
+# ---- /chat ---------------------------------------------------------------------------------------------------------
 class ChatRequest(Lenient, SamplingFields):
     """The seed's request: ``{"intent": "..."}``, plus optional generation controls and a session."""
 
@@ -100,7 +101,7 @@ class SessionHistory(BaseModel):
     turns: list[Turn]
 
 
-# ---- OpenAI chat completions (the subset vLLM serves, plus its structured_outputs) ---------------------------------------
+# ---- OpenAI chat completions (the subset vLLM serves, plus its structured_outputs) ---------------------------------
 class ChatMessage(OpenAIModel):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[dict[str, Any]] | None = None
@@ -152,7 +153,7 @@ class ChatCompletionRequest(OpenAIModel, SamplingFields):
     response_format: ResponseFormat | None = None
 
     @model_validator(mode="after")
-    def _one_constraint(self) -> "ChatCompletionRequest":
+    def _one_constraint(self) -> ChatCompletionRequest:
         self.constraint()  # raises ValueError -> 400 when both are given or one is malformed
         return self
 
@@ -244,7 +245,7 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-# ---- A2A agent card ---------------------------------------------------------------------------------------------------
+# ---- A2A agent card ------------------------------------------------------------------------------------------------
 class AgentSkill(BaseModel):
     id: str
     name: str
@@ -281,7 +282,7 @@ class AgentCard(BaseModel):
         return "\n".join(parts)
 
 
-# ---- orchestrator -----------------------------------------------------------------------------------------------------
+# ---- orchestrator --------------------------------------------------------------------------------------------------
 class IntegrateRequest(Lenient):
     task: str = Field(min_length=1, max_length=16_000, description="What the panel should work on.")
     strategy: Literal["react", "panel"] = "react"
@@ -318,6 +319,7 @@ class IntegrateResponse(BaseModel):
     steps: list[Step]
     elapsed_ms: int
     fallback: bool = Field(False, description="True when the answer was synthesised after the step or time limit.")
+    synthesis_ms: int = Field(0, description="Time spent merging the experts' answers into one.")
 
 
 class RunRecord(IntegrateResponse):

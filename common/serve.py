@@ -5,7 +5,7 @@ One worker process owns the model; many threads serve HTTP so requests can wait 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from gunicorn.app.base import BaseApplication
 

@@ -99,7 +99,10 @@ class OrchestratorSettings(WebSettings, EngineSettings):
         validation_alias="ROUTING",
         description="ranking: a clear semantic ranking picks the first expert; llm: the model always chooses.",
     )
-    routing_margin: float = Field(0.05, ge=0, validation_alias="ROUTING_MARGIN")
+    routing_ratio: float = Field(
+        0.8, ge=0, le=1, validation_alias="ROUTING_RATIO",
+        description="With ranking: runners-up scoring at least this fraction of the best are consulted too.",
+    )
     panel_top_k: int = Field(0, ge=0, validation_alias="PANEL_TOP_K", description="0 asks every expert.")
 
     @property

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from common.client import ExpertClient, ExpertError
 from common.protocol import AgentCard, ExpertStatus

@@ -6,7 +6,8 @@ as ``structured_outputs.grammar``. Either way the text that comes back satisfies
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models.llms import LLM

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from orchestrator.merge import synthesize
-from orchestrator.react import Outcome
+from orchestrator.react import Outcome, synthesized
 from orchestrator.routing import Ranked
 from orchestrator.trace import RunTrace
 
@@ -22,8 +21,4 @@ def run_panel(engine, task: str, experts: list, ranking: list[Ranked], trace: Ru
                    for i, e in enumerate(chosen)]
         for f in futures:
             f.result()
-    answers = trace.answers()
-    if not answers:
-        reasons = "; ".join(s.observation for s in trace.steps)
-        return Outcome(f"The panel could not produce an answer: {reasons}", fallback=True)
-    return Outcome(synthesize(engine, task, answers, timeout_s=timeout_s), fallback=False)
+    return synthesized(engine, task, trace, timeout_s, fallback=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +57,8 @@ def react_grammar(tools: list[str], allow_final: bool, question: str | None = No
     is given the Action Input is exactly that text.
     """
     branches = (["action"] if tools else []) + (["final"] if allow_final or not tools else [])
-    question_rule = json.dumps(question, ensure_ascii=False) if question is not None else f"[^\\n]{{1,{INPUT_MAX_CHARS}}}"
+    free_question = f"[^\\n]{{1,{INPUT_MAX_CHARS}}}"
+    question_rule = json.dumps(question, ensure_ascii=False) if question is not None else free_question
     rules = [
         f"root ::= thought \"\\n\" ({' | '.join(branches)})",
         f"thought ::= \" \" [^\\n]{{1,{THOUGHT_MAX_CHARS}}}",
@@ -110,13 +112,13 @@ class RoutingPolicy:
         return react_grammar(tools, allow_final=bool(consulted)), "llm"
 
 
-def plan_routing(ranking: list[Ranked], mode: str, margin: float, task: str) -> RoutingPolicy:
-    """``ranking`` mode: the top expert, and every runner-up within ``margin`` of it, are consulted first."""
+def plan_routing(ranking: list[Ranked], mode: str, ratio: float, task: str) -> RoutingPolicy:
+    """``ranking`` mode: the top expert, and every runner-up scoring ``ratio`` of its score or more, go first."""
     tools = [r.name for r in ranking]
     if mode != "ranking" or not ranking:
         return RoutingPolicy(tools, [], task, fresh_only=False)
     top = ranking[0].score
-    required = [r.name for r in ranking if top - r.score < margin or r is ranking[0]]
+    required = [r.name for r in ranking if r is ranking[0] or (top > 0 and r.score >= ratio * top)]
     return RoutingPolicy(tools, required, task, fresh_only=True)
 
 
@@ -134,14 +136,26 @@ class _ThoughtCapture(BaseCallbackHandler):
 class Outcome:
     response: str
     fallback: bool
+    synthesis_ms: int = 0  # time spent merging answers, so a benchmark can set wall time against the experts'
+
+
+def synthesized(engine, task: str, trace: RunTrace, timeout_s: float, fallback: bool) -> Outcome:
+    """Merge what the experts said into one answer (or say why there is none), timed."""
+    started = time.perf_counter()
+    answers = trace.answers()
+    if not answers:
+        reasons = "; ".join(s.observation for s in trace.steps if not s.ok) or "no expert was consulted"
+        return Outcome(f"The panel could not produce an answer: {reasons}", fallback=True)
+    text = synthesize(engine, task, answers, timeout_s=timeout_s)
+    return Outcome(text, fallback, int((time.perf_counter() - started) * 1000))
 
 
 def run_react(engine, task: str, experts: list, ranking: list[Ranked], trace: RunTrace, *, max_steps: int,
-              routing: str, margin: float, timeout_s: float, expert_max_new_tokens: int) -> Outcome:
+              routing: str, ratio: float, timeout_s: float, expert_max_new_tokens: int) -> Outcome:
     """Run the constrained ReAct loop; if it ends without an answer, synthesise one from the observations."""
     by_name = {e.name: e for e in experts}
     ranked = [r for r in ranking if r.name in by_name]
-    policy = plan_routing(ranked, routing, margin, task)
+    policy = plan_routing(ranked, routing, ratio, task)
     ranking_record = [{"expert": r.name, "score": round(r.score, 4)} for r in ranked]
     capture = _ThoughtCapture()
     chosen: dict[str, str] = {}
@@ -168,9 +182,4 @@ def run_react(engine, task: str, experts: list, ranking: list[Ranked], trace: Ru
     output = (result.get("output") or "").strip()
     if output and output != ITERATION_LIMIT_MESSAGE:
         return Outcome(output, fallback=False)
-    return Outcome(synthesize(engine, task, trace.answers(), timeout_s=timeout_s) or _nothing(trace), fallback=True)
-
-
-def _nothing(trace: RunTrace) -> str:
-    reasons = "; ".join(s.observation for s in trace.steps if not s.ok) or "no expert was consulted"
-    return f"The panel could not produce an answer: {reasons}"
+    return synthesized(engine, task, trace, timeout_s, fallback=True)

@@ -7,7 +7,7 @@ import queue
 import threading
 import time
 import uuid
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from common.protocol import IntegrateRequest, IntegrateResponse, RunRecord
 from common.settings import OrchestratorSettings
@@ -22,14 +22,14 @@ from orchestrator.trace import Emit, RunTrace
 log = logging.getLogger(__name__)
 
 
-def _react(self: "Orchestrator", req: IntegrateRequest, experts, ranking, trace: RunTrace) -> Outcome:
+def _react(self: Orchestrator, req: IntegrateRequest, experts, ranking, trace: RunTrace) -> Outcome:
     s = self.settings
     return run_react(self.engine, req.task, experts, ranking, trace, max_steps=req.max_steps or s.max_steps,
-                     routing=s.routing, margin=s.routing_margin, timeout_s=s.run_timeout_s,
+                     routing=s.routing, ratio=s.routing_ratio, timeout_s=s.run_timeout_s,
                      expert_max_new_tokens=s.expert_max_new_tokens)
 
 
-def _panel(self: "Orchestrator", req: IntegrateRequest, experts, ranking, trace: RunTrace) -> Outcome:
+def _panel(self: Orchestrator, req: IntegrateRequest, experts, ranking, trace: RunTrace) -> Outcome:
     s = self.settings
     return run_panel(self.engine, req.task, experts, ranking, trace, top_k=s.panel_top_k, timeout_s=s.run_timeout_s,
                      expert_max_new_tokens=s.expert_max_new_tokens)
@@ -99,6 +99,7 @@ class Orchestrator:
             raise
         response = IntegrateResponse(response=outcome.response, run_id=run_id, strategy=req.strategy,
                                      experts=trace.consulted, steps=trace.steps, fallback=outcome.fallback,
+                                     synthesis_ms=outcome.synthesis_ms,
                                      elapsed_ms=int((time.perf_counter() - started) * 1000))
         self.runs.save(RunRecord(**response.model_dump(), task=req.task, created_at=created, status="done"))
         return response

@@ -31,7 +31,7 @@ class FakeEngine:
     def status(self) -> str:
         return "ready" if self.ready else "model fake is loading"
 
-    def start(self) -> "FakeEngine":
+    def start(self) -> FakeEngine:
         return self
 
     def submit(self, request: GenerationRequest) -> Generation:

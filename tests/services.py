@@ -42,7 +42,7 @@ class Service:
         self.log_path = self.data_dir / f"{log_name or module}-{self.port}.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, wait: str = "ready", timeout: float = 300) -> "Service":
+    def start(self, wait: str = "ready", timeout: float = 300) -> Service:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(

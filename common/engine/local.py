@@ -15,9 +15,9 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -82,7 +82,7 @@ class LocalEngine:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def from_settings(cls, settings) -> "LocalEngine":
+    def from_settings(cls, settings) -> LocalEngine:
         return cls(
             settings.model,
             settings.dtype,
@@ -93,7 +93,7 @@ class LocalEngine:
         )
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
-    def start(self) -> "LocalEngine":
+    def start(self) -> LocalEngine:
         self._thread = threading.Thread(target=self._run, name="engine-scheduler", daemon=True)
         self._thread.start()
         return self
@@ -375,7 +375,7 @@ def _merge(cache_a, mask_a, cache_b, mask_b):
         shape[dim] = missing
         return torch.cat([t.new_zeros(shape), t], dim=dim)
 
-    for la, lb in zip(_layers(cache_a), _layers(cache_b)):
+    for la, lb in zip(_layers(cache_a), _layers(cache_b), strict=True):
         la.keys = torch.cat([pad(la.keys, 2), pad(lb.keys, 2)])
         la.values = torch.cat([pad(la.values, 2), pad(lb.values, 2)])
     return cache_a, torch.cat([pad(mask_a, 1), pad(mask_b, 1)])

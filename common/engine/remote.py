@@ -41,10 +41,10 @@ class RemoteEngine:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings) -> "RemoteEngine":
+    def from_settings(cls, settings) -> RemoteEngine:
         return cls(settings.remote_url, settings.remote_model, settings.remote_api_key)
 
-    def start(self) -> "RemoteEngine":
+    def start(self) -> RemoteEngine:
         return self
 
     def stop(self) -> None:

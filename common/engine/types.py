@@ -9,8 +9,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, Literal
+from typing import Literal
 
 ConstraintKind = Literal["grammar", "regex", "choice", "json"]
 
@@ -139,7 +140,8 @@ class Generation:
                 item = self._deltas.get(timeout=max(remaining, 0.1))
             except queue.Empty:
                 self.cancel()
-                raise GenerationTimeout(f"generation exceeded its time limit of {self.request.timeout_s:g}s")
+                raise GenerationTimeout(
+                    f"generation exceeded its time limit of {self.request.timeout_s:g}s") from None
             if item is _DONE:
                 if self._error is not None:
                     raise self._error

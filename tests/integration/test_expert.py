@@ -36,7 +36,7 @@ def test_streaming_chat_deltas_add_up_to_the_final_answer(law_expert):
                                                         "max_new_tokens": 30}, stream=True, timeout=300) as resp:
         assert resp.headers["Content-Type"].startswith("text/event-stream")
         events = [line for line in resp.iter_lines(decode_unicode=True) if line]
-    pairs = list(zip(events[::2], events[1::2]))
+    pairs = list(zip(events[::2], events[1::2], strict=True))
     deltas = [json.loads(d[6:])["delta"] for e, d in pairs if e == "event: delta"]
     assert len(deltas) > 3
     assert pairs[-1][0] == "event: done"

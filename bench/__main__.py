@@ -1,0 +1,281 @@
+"""``make bench``: Conclave's figures, each measured side by side with its baseline in one run.
+
+Sections: expert throughput (batched engine vs the seed's generate()-per-request server at concurrency 1/4/16),
+single-request overhead (HTTP + scheduling vs a bare decode of the same tokens), memory (expert RSS idle and under
+load), dtype quality, /integrate panel wall time vs its experts' times, and routing accuracy on a labelled set.
+Prints a table and writes JSON under bench/results/.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import requests
+import torch
+import yaml
+
+from agents.personas import get_persona
+from common.engine.loading import load_model, pick_dtype
+from tests.services import MODEL_CACHE, Service, expert, free_port, orchestrator_service
+
+HERE = Path(__file__).parent
+NEW_TOKENS = 64
+PROMPTS = [
+    "What is a neural network?", "How does encryption protect data?", "What is overfitting?",
+    "Explain gradient descent.", "What is a database index?", "How do compilers work?",
+    "What is differential privacy?", "Why do models hallucinate?",
+]
+
+
+def rss_tree(pid: int) -> int:
+    proc = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
+
+
+class PeakRss:
+    """Samples a process tree's RSS every 50 ms in the background; ``peak`` is the highest seen."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_tree(self.pid))
+            time.sleep(0.05)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def load_wave(url: str, concurrency: int) -> dict:
+    """``concurrency`` requests at once, each forced to NEW_TOKENS tokens; tokens/s over the wave's wall time."""
+
+    def one(i: int) -> tuple[float, int]:
+        started = time.perf_counter()
+        resp = requests.post(f"{url}/chat", timeout=1800, json={
+            "intent": PROMPTS[i % len(PROMPTS)], "max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS})
+        resp.raise_for_status()
+        return time.perf_counter() - started, resp.json()["usage"]["completion_tokens"]
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(one, range(concurrency)))
+    wall = time.perf_counter() - started
+    latencies = sorted(r[0] for r in results)
+    tokens = sum(r[1] for r in results)
+    return {"concurrency": concurrency, "tokens": tokens, "wall_s": round(wall, 2),
+            "tokens_per_s": round(tokens / wall, 1), "p50_s": round(statistics.median(latencies), 2),
+            "p95_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 2)}
+
+
+def throughput_and_memory(work: Path) -> dict:
+    batched = expert("ai_expert", work / "batched").start()
+    naive_port = free_port()
+    naive = Service("bench.naive_server", [str(naive_port)], work / "naive", port=naive_port).start()
+    out: dict = {"batched": [], "naive": []}
+    try:
+        load_wave(batched.url, 1), load_wave(naive.url, 1)  # warm-up: first calls pay one-time costs
+        out["rss_idle_mb"] = round(rss_tree(batched.proc.pid) / 2**20)
+        for c in (1, 4, 16):
+            if c == 16:
+                with PeakRss(batched.proc.pid) as peak:
+                    out["batched"].append(load_wave(batched.url, c))
+                out["rss_peak_c16_mb"] = round(peak.peak / 2**20)
+            else:
+                out["batched"].append(load_wave(batched.url, c))
+            out["naive"].append(load_wave(naive.url, c))
+        out["single_http_s"] = [round(_timed_chat(batched.url), 3) for _ in range(3)]
+    finally:
+        batched.stop()
+        naive.stop()
+    return out
+
+
+def _timed_chat(url: str) -> float:
+    started = time.perf_counter()
+    requests.post(f"{url}/chat", timeout=600, json={
+        "intent": PROMPTS[0], "max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS}).raise_for_status()
+    return time.perf_counter() - started
+
+
+def bare_decode(model, tokenizer, messages: list[dict], new_tokens: int) -> float:
+    """A bare greedy decode loop of exactly ``new_tokens`` tokens: no server, no scheduler, no detokenizing."""
+    from transformers import DynamicCache
+
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)["input_ids"]
+    started = time.perf_counter()
+    with torch.inference_mode():
+        out = model(input_ids=ids, past_key_values=DynamicCache(config=model.config), use_cache=True,
+                    logits_to_keep=1)
+        for _ in range(new_tokens - 1):
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+    return time.perf_counter() - started
+
+
+def in_process(messages: list[dict]) -> dict:
+    """Bare decode in the engine's dtype, generate() in float32, and greedy answers in both dtypes side by side."""
+    chosen = str(pick_dtype("auto", "cpu")).removeprefix("torch.")
+    out: dict = {"engine_dtype": chosen, "bare_decode_s": {}, "samples": []}
+    models = {}
+    for dtype in sorted({chosen, "float32", "bfloat16"}):
+        model, tokenizer, _ = load_model("embedded", dtype=dtype, cache_dir=MODEL_CACHE)
+        models[dtype] = model
+        bare_decode(model, tokenizer, messages, 4)  # warm-up
+        out["bare_decode_s"][dtype] = round(min(bare_decode(model, tokenizer, messages, NEW_TOKENS)
+                                                for _ in range(2)), 3)
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                           return_dict=True)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        models["float32"].generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+    out["generate_float32_s"] = round(time.perf_counter() - started, 3)
+    for question in ("What is a neural network?", "What does the GDPR protect?", "Why is the sky blue?"):
+        row = {"prompt": question}
+        msgs = [{"role": "user", "content": question}]
+        ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        for dtype, model in models.items():
+            with torch.inference_mode():
+                gen = model.generate(**ids, max_new_tokens=40, do_sample=False)
+            row[dtype] = tokenizer.decode(gen[0][ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        out["samples"].append(row)
+    return out
+
+
+def panel(work: Path) -> dict:
+    ai = expert("ai_expert", work / "p-ai").start()
+    law = expert("law_expert", work / "p-law").start()
+    orch = orchestrator_service(work / "p-orch", [ai.url, law.url]).start()
+    runs = []
+    try:
+        for task in ("Who is liable when an AI system leaks personal data?",
+                     "How should a company audit its machine learning models for bias?"):
+            started = time.perf_counter()
+            body = requests.post(f"{orch.url}/integrate", json={"task": task, "strategy": "panel"},
+                                 timeout=1800).json()
+            wall = time.perf_counter() - started
+            times = [s["elapsed_ms"] / 1000 for s in body["steps"]]
+            merge = body["synthesis_ms"] / 1000
+            runs.append({"task": task, "wall_s": round(wall, 2), "expert_s": [round(t, 2) for t in times],
+                         "sum_experts_s": round(sum(times), 2), "merge_s": round(merge, 2),
+                         "wall_over_slowest_plus_merge": round(wall / (max(times) + merge), 2),
+                         "wall_over_sum_plus_merge": round(wall / (sum(times) + merge), 2)})
+    finally:
+        orch.stop()
+        ai.stop()
+        law.stop()
+    return {"runs": runs}
+
+
+def routing() -> dict:
+    """Routing accuracy on bench/routing_tasks.yaml: the semantic-ranking policy, and the LLM choosing alone."""
+    from agents.personas import load_catalog
+    from common.engine.local import LocalEngine
+    from common.engine.types import Constraint, GenerationRequest
+    from common.protocol import AgentCard
+    from orchestrator.experts import Expert
+    from orchestrator.react import PROMPT, plan_routing, react_grammar
+    from orchestrator.routing import Embedder, Router
+
+    tasks = yaml.safe_load((HERE / "routing_tasks.yaml").read_text())
+    experts = [Expert(p.id, "", AgentCard(name=p.name, description=p.description, url="", version="1",
+                                          skills=p.skills), None) for p in load_catalog().values()]
+    router = Router(Embedder())
+    engine = LocalEngine(cache_dir=MODEL_CACHE).start()
+    engine.wait_ready()
+    rows = []
+    for item in tasks:
+        ranking = router.rank(item["task"], experts)
+        policy = plan_routing(ranking, "ranking", 0.8, item["task"])
+        tools = [r.name for r in ranking]
+        prompt = PROMPT.format(ranking=", ".join(f"{r.name} {r.score:.2f}" for r in ranking),
+                               tools="\n".join(f"{e.name}: {e.description}" for e in experts),
+                               tool_names=", ".join(tools), input=item["task"], agent_scratchpad="")
+        text = engine.submit(GenerationRequest(
+            messages=[{"role": "user", "content": prompt}], max_new_tokens=200,
+            constraint=Constraint("grammar", react_grammar(tools, allow_final=False)))).result().text
+        llm_first = text.split("Action: ")[1].split("\n")[0]
+        rows.append({"task": item["task"], "expected": item["experts"], "ranking_first": policy.required[0],
+                     "ranking_consults": policy.required, "llm_first": llm_first})
+    engine.stop()
+    both = [r for r in rows if len(r["expected"]) > 1]
+    return {
+        "tasks": len(rows),
+        "ranking_first_right": sum(r["ranking_first"] in r["expected"] for r in rows),
+        "llm_first_right": sum(r["llm_first"] in r["expected"] for r in rows),
+        "both_needed": len(both),
+        "both_consulted_by_ranking": sum(set(r["expected"]) <= set(r["ranking_consults"]) for r in both),
+        "rows": rows,
+    }
+
+
+def report(results: dict) -> None:
+    t = results["throughput"]
+    print("\n== Expert throughput: batched engine vs generate() per request (64 tokens each) ==")
+    print(f"{'conc':>4} | {'batched tok/s':>13} {'p50 s':>6} {'p95 s':>6} | {'naive tok/s':>11} {'p50 s':>6} "
+          f"{'p95 s':>6} | ratio")
+    for b, n in zip(t["batched"], t["naive"], strict=True):
+        print(f"{b['concurrency']:>4} | {b['tokens_per_s']:>13} {b['p50_s']:>6} {b['p95_s']:>6} | "
+              f"{n['tokens_per_s']:>11} {n['p50_s']:>6} {n['p95_s']:>6} | {b['tokens_per_s'] / n['tokens_per_s']:.2f}x")
+    p = results["in_process"]
+    dtype = p["engine_dtype"]
+    http = min(t["single_http_s"])
+    print(f"\n== Single request, {NEW_TOKENS} tokens (engine dtype {dtype}) ==")
+    print(f"HTTP + engine: {http:.3f} s | bare decode, same dtype: {p['bare_decode_s'][dtype]:.3f} s | "
+          f"overhead {100 * (http / p['bare_decode_s'][dtype] - 1):+.1f}% | "
+          f"model.generate() float32: {p['generate_float32_s']:.3f} s")
+    for d, s in p["bare_decode_s"].items():
+        print(f"bare decode {d}: {NEW_TOKENS / s:.1f} tok/s")
+    print(f"\n== Memory: expert RSS idle {t['rss_idle_mb']} MB, peak at concurrency 16 {t['rss_peak_c16_mb']} MB ==")
+    print("\n== Greedy answers by dtype ==")
+    for row in p["samples"]:
+        print(f"* {row['prompt']}")
+        for d in p["bare_decode_s"]:
+            print(f"    {d:>9}: {row[d][:110]!r}")
+    print("\n== /integrate panel: wall time vs its experts ==")
+    for r in results["panel"]["runs"]:
+        print(f"wall {r['wall_s']} s | experts {r['expert_s']} (sum {r['sum_experts_s']}) | merge {r['merge_s']} s | "
+              f"wall/(slowest+merge) {r['wall_over_slowest_plus_merge']} | wall/(sum+merge) "
+              f"{r['wall_over_sum_plus_merge']}")
+    r = results["routing"]
+    print(f"\n== Routing on {r['tasks']} labelled tasks ==")
+    print(f"semantic ranking picks a right expert first: {r['ranking_first_right']}/{r['tasks']} "
+          f"({100 * r['ranking_first_right'] / r['tasks']:.0f}%) | SmolLM2 alone under a grammar: "
+          f"{r['llm_first_right']}/{r['tasks']} | tasks needing both consulted both by the ranking policy: "
+          f"{r['both_consulted_by_ranking']}/{r['both_needed']}")
+
+
+def main() -> None:
+    persona = get_persona("ai_expert")
+    messages = [{"role": "system", "content": persona.system_prompt}, {"role": "user", "content": PROMPTS[0]}]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        results = {
+            "throughput": throughput_and_memory(work),
+            "in_process": in_process(messages),
+            "panel": panel(work),
+            "routing": routing(),
+        }
+    results["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    report(results)
+    path = HERE / "results" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    print(f"\nwritten {path}")
+
+
+if __name__ == "__main__":
+    main()
