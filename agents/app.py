@@ -12,7 +12,7 @@ from agents.sessions import SessionStore
 from common.engine import make_engine
 from common.protocol import ChatCompletionRequest, ChatRequest
 from common.settings import AgentSettings
-from common.web import ApiError, install, parse_body, sse
+from common.web import ApiError, install, parse_body, sse, static_file
 
 STATIC = Path(__file__).with_name("static")
 
@@ -89,7 +89,7 @@ def create_app(settings: AgentSettings | None = None, engine=None) -> Flask:
         return send_from_directory(STATIC, "chat.html")
 
     @app.get("/static/<path:name>")
-    def static_file(name: str):
-        return send_from_directory(STATIC, name)
+    def static(name: str):
+        return static_file(name, STATIC)
 
     return app

@@ -50,7 +50,8 @@ class ExpertService:
     def _start_chat(self, req: ChatRequest) -> Generation:
         messages = [ChatMessage(role="user", content=req.intent)]
         if req.session_id:
-            history = self.sessions.history(self.persona.id, req.session_id, self.settings.max_history_length)
+            keep = req.max_history_length or self.settings.max_history_length
+            history = self.sessions.history(self.persona.id, req.session_id, keep)
             messages = [ChatMessage(role=t.role, content=t.content) for t in history] + messages
         completion = ChatCompletionRequest(
             messages=messages,

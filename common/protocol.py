@@ -63,6 +63,7 @@ class ChatRequest(Lenient, SamplingFields):
 
     intent: str = Field(min_length=1, max_length=32_000, description="The question or instruction for the expert.")
     session_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    max_history_length: int | None = Field(None, ge=2, le=20, description="Past exchanges sent as context.")
     stream: bool = False
 
     @field_validator("intent")

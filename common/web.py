@@ -11,9 +11,10 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g, request, send_from_directory
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
@@ -186,6 +187,15 @@ def install(app: Flask, settings: WebSettings, service: str) -> Metrics:
         return error_response(500, f"internal error (request id {g.get('request_id')})", "server_error")
 
     return metrics
+
+
+COMMON_STATIC = Path(__file__).with_name("static")
+
+
+def static_file(name: str, own: Path) -> Response:
+    """A UI asset from the service's own static folder, else from the shared one (conclave.js, conclave.css)."""
+    folder = own if (own / name).is_file() else COMMON_STATIC
+    return send_from_directory(folder, name)
 
 
 def configure_logging(level: str) -> None:

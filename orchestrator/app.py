@@ -11,7 +11,7 @@ from common.client import ExpertClient
 from common.engine import make_engine
 from common.protocol import IntegrateRequest
 from common.settings import OrchestratorSettings
-from common.web import ApiError, error_response, install, parse_body, sse
+from common.web import ApiError, error_response, install, parse_body, sse, static_file
 from orchestrator.experts import ExpertRegistry
 from orchestrator.routing import Embedder, Router
 from orchestrator.runs import RunStore
@@ -84,7 +84,7 @@ def create_app(settings: OrchestratorSettings | None = None, llm=None, experts: 
         return send_from_directory(STATIC, "index.html")
 
     @app.get("/static/<path:name>")
-    def static_file(name: str):
-        return send_from_directory(STATIC, name)
+    def static(name: str):
+        return static_file(name, STATIC)
 
     return app
