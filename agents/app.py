@@ -7,14 +7,37 @@ from pathlib import Path
 from flask import Flask, request, send_from_directory
 
 from agents.personas import get_persona
-from agents.service import ExpertService
+from agents.service import VERSION, ExpertService
 from agents.sessions import SessionStore
 from common.engine import make_engine
-from common.protocol import ChatCompletionRequest, ChatRequest
+from common.openapi import Route, build_openapi
+from common.protocol import (
+    AgentCard,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatRequest,
+    ChatResponse,
+    ModelList,
+    SessionHistory,
+)
 from common.settings import AgentSettings
 from common.web import ApiError, install, parse_body, sse, static_file
 
 STATIC = Path(__file__).with_name("static")
+ROUTES = [
+    Route("post", "/chat", "Ask the expert (seed-compatible); stream=true answers with server-sent events",
+          ChatRequest, ChatResponse, stream=True),
+    Route("get", "/sessions/{session_id}", "A session's history", response=SessionHistory),
+    Route("delete", "/sessions/{session_id}", "Clear a session's history"),
+    Route("get", "/v1/models", "OpenAI-compatible model list", response=ModelList),
+    Route("post", "/v1/chat/completions", "OpenAI-compatible chat completions, with vLLM's structured_outputs",
+          ChatCompletionRequest, ChatCompletionResponse, stream=True),
+    Route("get", "/.well-known/agent-card.json", "A2A agent card", response=AgentCard),
+    Route("get", "/.well-known/agent.json", "A2A agent card (older path)", response=AgentCard),
+    Route("get", "/health", "Liveness"),
+    Route("get", "/ready", "Readiness: 503 until the model has loaded"),
+    Route("get", "/metrics", "Prometheus metrics"),
+]
 
 
 def create_app(settings: AgentSettings | None = None, engine=None) -> Flask:
@@ -83,6 +106,12 @@ def create_app(settings: AgentSettings | None = None, engine=None) -> Flask:
         metrics.waiting.labels(persona.id).set(engine.waiting)
         metrics.running.labels(persona.id).set(engine.running_rows)
         return metrics.render()
+
+    openapi = build_openapi(f"Conclave expert: {persona.name}", VERSION, ROUTES, bool(settings.api_key))
+
+    @app.get("/openapi.json")
+    def openapi_json():
+        return openapi
 
     @app.get("/")
     def index():

@@ -9,7 +9,8 @@ from flask import Flask, request, send_from_directory
 
 from common.client import ExpertClient
 from common.engine import make_engine
-from common.protocol import IntegrateRequest
+from common.openapi import Route, build_openapi
+from common.protocol import IntegrateRequest, IntegrateResponse, RunRecord
 from common.settings import OrchestratorSettings
 from common.web import ApiError, error_response, install, parse_body, sse, static_file
 from orchestrator.experts import ExpertRegistry
@@ -18,6 +19,17 @@ from orchestrator.runs import RunStore
 from orchestrator.service import Orchestrator
 
 STATIC = Path(__file__).with_name("static")
+VERSION = "1.0.0"
+ROUTES = [
+    Route("post", "/integrate", "Run a task through the panel; stream=true answers with server-sent events",
+          IntegrateRequest, IntegrateResponse, stream=True),
+    Route("get", "/experts", "The experts, from their agent cards, with their health"),
+    Route("get", "/runs", "Stored runs, newest first"),
+    Route("get", "/runs/{run_id}", "One stored run", response=RunRecord),
+    Route("get", "/health", "Liveness"),
+    Route("get", "/ready", "Readiness: the LLM is loaded and at least one expert answers"),
+    Route("get", "/metrics", "Prometheus metrics"),
+]
 
 
 def create_app(settings: OrchestratorSettings | None = None, llm=None, experts: ExpertRegistry | None = None,
@@ -78,6 +90,12 @@ def create_app(settings: OrchestratorSettings | None = None, llm=None, experts: 
     def metrics_text():
         metrics.waiting.labels("orchestrator").set(getattr(engine, "waiting", 0))
         return metrics.render()
+
+    openapi = build_openapi("Conclave orchestrator", VERSION, ROUTES, bool(settings.api_key))
+
+    @app.get("/openapi.json")
+    def openapi_json():
+        return openapi
 
     @app.get("/")
     def index():

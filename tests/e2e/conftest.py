@@ -1,0 +1,45 @@
+"""Browser tier: Debian's chromium driven by playwright against real services (make e2e-browser)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.services import expert, orchestrator_service
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "screenshots"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    law = expert("law_expert", tmp_path_factory.mktemp("law")).start()
+    orch = orchestrator_service(tmp_path_factory.mktemp("orch"), [law.url]).start()
+    SCREENSHOTS.mkdir(exist_ok=True)
+    yield {"law": law, "orchestrator": orch}
+    orch.stop()
+    law.stop()

@@ -1,0 +1,50 @@
+"""Both pages in a real browser against real services on the embedded model."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import SCREENSHOTS
+
+pytestmark = pytest.mark.browser
+HOSTILE = "<script>window.__pwned = 1</script><img src=x onerror='window.__pwned = 2'>"
+
+
+def test_expert_chat_streams_keeps_history_and_shows_html_as_text(stack, page):
+    page.goto(stack["law"].url)
+    page.wait_for_selector("#send:not([disabled])", timeout=120_000)
+    assert page.text_content("#name") == "Legal Expert"
+    page.fill("#intent", f"{HOSTILE} What is a contract?")
+    page.press("#intent", "Enter")
+    page.wait_for_selector(".msg.assistant[title]", timeout=300_000)  # title holds the timing once done
+    answer = page.text_content(".msg.assistant")
+    assert len(answer) > 20 and answer != "…"
+    assert page.evaluate("window.__pwned") is None
+    assert HOSTILE in page.text_content(".msg.user")
+    page.screenshot(path=str(SCREENSHOTS / "expert-chat.png"), full_page=True)
+
+    page.reload()
+    page.wait_for_selector(".msg.assistant", timeout=30_000)
+    assert page.locator(".msg").count() == 2  # the history came back from the server
+    page.click("#clear")
+    page.wait_for_function("document.querySelectorAll('.msg').length === 0", timeout=30_000)
+
+
+def test_orchestrator_page_shows_the_live_trace_and_past_runs(stack, page):
+    page.goto(stack["orchestrator"].url)
+    page.wait_for_selector("#send:not([disabled])", timeout=180_000)
+    page.wait_for_selector("#experts .pill.up", timeout=30_000)
+    page.fill("#task", f"{HOSTILE} What must a data processing contract contain?")
+    page.select_option("#strategy", "panel")
+    page.press("#task", "Enter")
+    page.wait_for_selector("#live .step details", timeout=300_000)
+    page.wait_for_selector("#live .answer", timeout=300_000)
+    assert "legal_expert" in page.text_content("#live")
+    assert page.evaluate("window.__pwned") is None
+    assert "<script>" in page.text_content("#live")
+    page.screenshot(path=str(SCREENSHOTS / "orchestrator.png"), full_page=True)
+
+    page.wait_for_selector("#runs li", timeout=30_000)
+    page.click("#runs li")
+    page.wait_for_selector("#trace .answer", timeout=30_000)
+    assert page.evaluate("window.__pwned") is None

@@ -1,0 +1,110 @@
+"""Hostile and random input against both services' HTTP layers: never a 5xx, always the documented error shape."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agents.app import create_app as create_expert
+from common.settings import AgentSettings, OrchestratorSettings
+from orchestrator.app import create_app as create_orchestrator
+from orchestrator.routing import Router
+from tests.fakes import FakeEngine, KeywordEmbedder, ScriptedEngine
+
+LIMIT = 300
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=50),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=20,
+)
+chat_bodies = st.fixed_dictionaries({}, optional={
+    "intent": st.text(max_size=200) | json_values,
+    "max_new_tokens": st.integers(min_value=-10, max_value=10**30) | json_values,
+    "min_new_tokens": st.integers(min_value=-10, max_value=10**6),
+    "temperature": st.floats(allow_nan=True, allow_infinity=True),
+    "top_p": st.floats(allow_nan=True, allow_infinity=True),
+    "stop": st.lists(st.text(max_size=5), max_size=10) | json_values,
+    "session_id": st.text(max_size=140),
+    "stream": st.booleans(),
+    "max_history_length": st.integers(min_value=-5, max_value=50),
+})
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def expert(tmp_path_factory):
+    engine = FakeEngine()
+    app = create_expert(AgentSettings(persona="law_expert", data_dir=tmp_path_factory.mktemp("h"),
+                                      max_new_tokens_limit=LIMIT), engine)
+    return app.test_client(), engine
+
+
+def assert_error_shape(resp):
+    body = resp.get_json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "code"}
+    assert "Traceback" not in body["error"]["message"]
+
+
+@FAST
+@given(body=chat_bodies)
+def test_random_chat_bodies_get_200_or_a_clean_400(expert, body):
+    client, engine = expert
+    resp = client.post("/chat", data=json.dumps(body, allow_nan=True), content_type="application/json")
+    assert resp.status_code in (200, 400), resp.get_data(as_text=True)
+    if resp.status_code == 400:
+        assert_error_shape(resp)
+    else:
+        assert engine.requests[-1].max_new_tokens <= LIMIT  # clamped, whatever was asked
+        assert 0 <= engine.requests[-1].temperature <= 2 and 0 < engine.requests[-1].top_p <= 1
+
+
+@FAST
+@given(raw=st.binary(max_size=300))
+def test_random_bytes_are_a_clean_400(expert, raw):
+    client, _ = expert
+    resp = client.post("/chat", data=raw, content_type="application/json")
+    assert resp.status_code == 400
+    assert_error_shape(resp)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"intent": "x", "max_new_tokens": 1' + b"0" * 5000 + b"}",  # a 5000-digit number
+    b'{"intent": "x", "temperature": 1e999}',
+    b'{"intent": "x", "temperature": NaN}',
+    b'{"a":' * 5000 + b"1" + b"}" * 5000,  # nested far past the parser's recursion limit
+    b'{"intent": "\xed\xa0\x80"}',  # a lone surrogate in UTF-8: invalid
+])
+def test_pathological_bodies(expert, raw):
+    client, _ = expert
+    resp = client.post("/chat", data=raw, content_type="application/json")
+    assert resp.status_code == 400
+    assert_error_shape(resp)
+
+
+@FAST
+@given(body=st.fixed_dictionaries({}, optional={
+    "task": st.text(max_size=100) | json_values,
+    "strategy": st.sampled_from(["react", "panel", "vote", ""]) | json_values,
+    "max_steps": st.integers(min_value=-3, max_value=10**20) | json_values,
+    "experts": st.lists(st.text(max_size=10), max_size=3) | json_values,
+}))
+def test_random_integrate_bodies_never_5xx(tmp_path_factory, body):
+    app = create_orchestrator(
+        OrchestratorSettings(expert_urls="http://127.0.0.1:9", data_dir=tmp_path_factory.mktemp("o"), retries=0),
+        llm=ScriptedEngine([]), router_factory=lambda: Router(KeywordEmbedder()))
+    resp = app.test_client().post("/integrate", data=json.dumps(body), content_type="application/json")
+    assert resp.status_code in (400, 503), resp.get_data(as_text=True)  # no expert is up: 503 once input is valid
+    assert_error_shape(resp)
+
+
+def test_openapi_documents_every_route_with_the_error_shape(expert):
+    client, _ = expert
+    doc = client.get("/openapi.json").get_json()
+    assert doc["openapi"].startswith("3.1") and "/chat" in doc["paths"]
+    chat = doc["paths"]["/chat"]["post"]
+    assert chat["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/ChatRequest")
+    assert chat["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+    assert {"ChatRequest", "ChatResponse", "ErrorResponse", "AgentCard"} <= set(doc["components"]["schemas"])
