@@ -21,7 +21,7 @@ from common.protocol import (
     SessionHistory,
 )
 from common.settings import AgentSettings
-from common.web import ApiError, install, parse_body, sse, static_file
+from common.web import ApiError, check_id, install, parse_body, sse, static_file
 
 STATIC = Path(__file__).with_name("static")
 ROUTES = [
@@ -36,7 +36,7 @@ ROUTES = [
     Route("get", "/.well-known/agent.json", "A2A agent card (older path)", response=AgentCard),
     Route("get", "/health", "Liveness"),
     Route("get", "/ready", "Readiness: 503 until the model has loaded"),
-    Route("get", "/metrics", "Prometheus metrics"),
+    Route("get", "/metrics", "Prometheus metrics", content_type="text/plain"),
 ]
 
 
@@ -76,11 +76,11 @@ def create_app(settings: AgentSettings | None = None, engine=None) -> Flask:
 
     @app.get("/sessions/<session_id>")
     def get_session(session_id: str):
-        return service.history(session_id).model_dump()
+        return service.history(check_id(session_id, "session id")).model_dump()
 
     @app.delete("/sessions/<session_id>")
     def delete_session(session_id: str):
-        return {"session_id": session_id, "deleted_turns": service.clear(session_id)}
+        return {"session_id": session_id, "deleted_turns": service.clear(check_id(session_id, "session id"))}
 
     @app.get("/v1/models")
     def models():

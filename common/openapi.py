@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from common.protocol import ErrorResponse
+from common.protocol import ID_PATTERN, ErrorResponse
 
 REF = "#/components/schemas/{model}"
 ERRORS = {"400": "bad input", "401": "missing or wrong API key", "404": "not found", "413": "body too large",
@@ -23,6 +23,7 @@ class Route:
     request: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
     stream: bool = False  # also answers text/event-stream when the body asks for "stream": true
+    content_type: str = "application/json"
 
 
 def build_openapi(title: str, version: str, routes: list[Route], api_key: bool) -> dict:
@@ -36,15 +37,15 @@ def build_openapi(title: str, version: str, routes: list[Route], api_key: bool) 
         if "{" in r.path:
             name = r.path.split("{")[1].split("}")[0]
             op["parameters"] = [{"name": name, "in": "path", "required": True,
-                                 "schema": {"type": "string", "maxLength": 128}}]
+                                 "schema": {"type": "string", "pattern": ID_PATTERN}}]
         if r.request:
             op["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": {"$ref": REF.format(model=r.request.__name__)}}}}
         ok: dict = {"description": "OK", "content": {}}
-        ok["content"]["application/json"] = (
+        ok["content"][r.content_type] = (
             {"schema": {"$ref": REF.format(model=r.response.__name__)}} if r.response else {"schema": {}})
         if r.stream:
-            ok["content"]["text/event-stream"] = {"schema": {"type": "string"}}
+            ok["content"]["text/event-stream"] = {"schema": {}}  # events carry deltas, steps, errors: see README
         op["responses"]["200"] = ok
         error = {"content": {"application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}}}
         for status, description in ERRORS.items():

@@ -16,16 +16,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from common.engine.types import Constraint, GenerationRequest
 
 MAX_STOP_STRINGS = 8
+ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"  # session and run ids, in bodies and in paths
 
 
 class Lenient(BaseModel):
-    """Our own request models: unknown fields are ignored, as the seed's clients send extras."""
+    """Our own request models: unknown fields are ignored, as the seed's clients send extras; types are strict
+    (``"stream": 0`` or ``"temperature": false`` is a 400, not a guess)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class OpenAIModel(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 # ---- errors --------------------------------------------------------------------------------------------------------
@@ -41,6 +43,8 @@ class ErrorResponse(BaseModel):
 
 # ---- generation parameters shared by /chat and /v1/chat/completions ------------------------------------------------
 class SamplingFields(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     max_new_tokens: int | None = Field(None, ge=1, description="Clamped to the server's MAX_NEW_TOKENS_LIMIT.")
     min_new_tokens: int = Field(0, ge=0, le=4096, description="Force at least this many tokens (benchmarks).")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 decodes greedily.")
@@ -62,7 +66,7 @@ class ChatRequest(Lenient, SamplingFields):
     """The seed's request: ``{"intent": "..."}``, plus optional generation controls and a session."""
 
     intent: str = Field(min_length=1, max_length=32_000, description="The question or instruction for the expert.")
-    session_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    session_id: str | None = Field(None, min_length=1, max_length=128, pattern=ID_PATTERN)
     max_history_length: int | None = Field(None, ge=2, le=20, description="Past exchanges sent as context.")
     stream: bool = False
 

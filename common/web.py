@@ -8,6 +8,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -28,7 +29,7 @@ from common.engine.types import (
     GenerationTimeout,
     InvalidConstraint,
 )
-from common.protocol import ErrorDetail, ErrorResponse
+from common.protocol import ID_PATTERN, ErrorDetail, ErrorResponse
 from common.settings import WebSettings
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,16 @@ def error_response(status: int, message: str, type_: str, code: str | int | None
     if retry_after is not None:
         resp.headers["Retry-After"] = str(max(1, int(round(retry_after))))
     return resp
+
+
+ID = re.compile(ID_PATTERN)
+
+
+def check_id(value: str, what: str) -> str:
+    """Path ids follow the same rule as the bodies that create them; anything else is a 400, not a silent miss."""
+    if not ID.match(value):
+        raise ApiError(400, f"{what} must be 1-128 characters of letters, digits, '_', '.', ':' or '-'")
+    return value
 
 
 def parse_body(model: type[M]) -> M:
@@ -179,7 +190,11 @@ def install(app: Flask, settings: WebSettings, service: str) -> Metrics:
         message = exc.description or exc.name
         if exc.code == 413:
             message = f"request body larger than {settings.max_body_bytes} bytes"
-        return error_response(exc.code or 500, message, type_, exc.code)
+        resp = error_response(exc.code or 500, message, type_, exc.code)
+        for name, value in exc.get_headers():  # e.g. the Allow header a 405 owes (RFC 9110)
+            if name.lower() != "content-type":
+                resp.headers[name] = value
+        return resp
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

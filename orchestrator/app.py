@@ -12,7 +12,7 @@ from common.engine import make_engine
 from common.openapi import Route, build_openapi
 from common.protocol import IntegrateRequest, IntegrateResponse, RunRecord
 from common.settings import OrchestratorSettings
-from common.web import ApiError, error_response, install, parse_body, sse, static_file
+from common.web import ApiError, check_id, error_response, install, parse_body, sse, static_file
 from orchestrator.experts import ExpertRegistry
 from orchestrator.routing import Embedder, Router
 from orchestrator.runs import RunStore
@@ -28,7 +28,7 @@ ROUTES = [
     Route("get", "/runs/{run_id}", "One stored run", response=RunRecord),
     Route("get", "/health", "Liveness"),
     Route("get", "/ready", "Readiness: the LLM is loaded and at least one expert answers"),
-    Route("get", "/metrics", "Prometheus metrics"),
+    Route("get", "/metrics", "Prometheus metrics", content_type="text/plain"),
 ]
 
 
@@ -81,7 +81,7 @@ def create_app(settings: OrchestratorSettings | None = None, llm=None, experts: 
 
     @app.get("/runs/<run_id>")
     def run_get(run_id: str):
-        record = service.runs.get(run_id)
+        record = service.runs.get(check_id(run_id, "run id"))
         if record is None:
             raise ApiError(404, f"no run {run_id}", "not_found")
         return record.model_dump()

@@ -62,8 +62,8 @@ class ExpertRegistry:
         """Experts whose card was read (discovering any not yet seen)."""
         return [e for e in (self._discover(u) for u in self.urls) if e is not None]
 
-    def select(self, names: list[str] | None) -> list[Expert]:
-        experts = self.known()
+    def select(self, names: list[str] | None, experts: list[Expert] | None = None) -> list[Expert]:
+        experts = self.known() if experts is None else experts
         if names:
             experts = [e for e in experts if e.name in names or e.card.name in names]
         return experts

@@ -68,11 +68,14 @@ class Orchestrator:
         if not self.engine.ready or self.router is None:
             raise ApiError(503, f"orchestrator not ready: {self.engine.status}", "service_unavailable", "not_ready",
                            retry_after=5)
-        experts = self.registry.select(req.experts)
+        known = self.registry.known()
+        if not known:
+            raise ApiError(503, f"no expert reachable (tried: {', '.join(self.registry.urls)})",
+                           "service_unavailable", "no_experts", retry_after=10)
+        experts = self.registry.select(req.experts, known)
         if not experts:
-            tried = ", ".join(req.experts or self.registry.urls)
-            raise ApiError(503, f"no expert reachable (tried: {tried})", "service_unavailable", "no_experts",
-                           retry_after=10)
+            raise ApiError(400, f"none of the experts asked for is known; known experts: "
+                           f"{', '.join(e.name for e in known)}", code="unknown_experts")
         return experts, self.router.rank(req.task, experts)
 
     def integrate(self, req: IntegrateRequest, emit: Emit | None = None) -> IntegrateResponse:

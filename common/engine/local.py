@@ -37,6 +37,10 @@ from .types import (
 log = logging.getLogger(__name__)
 
 
+# Below this a temperature only sharpens the distribution into greedy decoding, and dividing by it overflows.
+MIN_TEMPERATURE = 1e-4
+
+
 class PromptTooLong(InvalidConstraint):
     code = "prompt_too_long"
 
@@ -52,6 +56,7 @@ class _Row:
     emitted: int = 0  # characters of text already pushed to the caller
     text: str = ""
     finish_reason: str | None = None
+    error: EngineError | None = None  # this row failed alone; the rest of the batch goes on
 
 
 class LocalEngine:
@@ -276,10 +281,15 @@ class LocalEngine:
                 _penalize(logits[i], r.token_ids, req.repetition_penalty)
         greedy = logits.argmax(dim=-1).tolist()
         for i, r in enumerate(rows):
-            if r.finish_reason is not None:
+            if r.finish_reason is not None or r.error is not None:
                 continue
             req = r.gen.request
-            token = greedy[i] if req.temperature <= 0 else _sample(logits[i], req.temperature, req.top_p)
+            try:
+                token = greedy[i] if req.temperature < MIN_TEMPERATURE else _sample(logits[i], req.temperature,
+                                                                                      req.top_p)
+            except RuntimeError as exc:  # e.g. a distribution torch refuses: fail this row, not the batch
+                r.error = EngineError(f"sampling failed: {exc}")
+                continue
             r.token_ids.append(token)
             self.tokens_generated += 1
             if r.matcher is not None:
@@ -315,7 +325,10 @@ class LocalEngine:
         r.text = text
 
     def _retire(self, r: _Row) -> bool:
-        """True when the row leaves the batch: finished, cancelled or past its deadline."""
+        """True when the row leaves the batch: finished, failed, cancelled or past its deadline."""
+        if r.error is not None:
+            r.gen.fail(r.error)
+            return True
         if r.finish_reason is not None:
             r.gen.finish(len(r.prompt_ids), len(r.token_ids), r.finish_reason)
             return True
@@ -350,7 +363,8 @@ def _penalize(logits: torch.Tensor, token_ids: list[int], penalty: float) -> Non
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float) -> int:
-    probs = torch.softmax(logits / temperature, dim=-1)
+    scaled = logits / temperature
+    probs = torch.softmax(scaled - scaled.max(), dim=-1)
     if top_p < 1.0:
         sorted_probs, order = probs.sort(descending=True)
         cut = sorted_probs.cumsum(-1) - sorted_probs > top_p

@@ -206,3 +206,19 @@ def test_metrics_count_requests_and_tokens(client):
     assert 'conclave_requests_total{route="/chat",service="law_expert",status="200"} 1.0' in text
     assert 'conclave_tokens_generated_total{service="law_expert"} 5.0' in text
     assert "conclave_requests_waiting" in text and "conclave_request_seconds_bucket" in text
+
+
+@pytest.mark.parametrize("body", [{"intent": "x", "temperature": False}, {"intent": "x", "stream": 0},
+                                  {"intent": "x", "max_new_tokens": "5"}])
+def test_types_are_strict(client, body):
+    assert client.post("/chat", json=body).status_code == 400
+
+
+def test_path_ids_are_validated(client):
+    assert client.get("/sessions/" + "x" * 200).status_code == 400
+    assert client.delete("/sessions/a%20b").status_code == 400
+
+
+def test_405_names_the_allowed_methods(client):
+    resp = client.put("/chat")
+    assert resp.status_code == 405 and "POST" in resp.headers["Allow"]

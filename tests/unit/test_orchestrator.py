@@ -220,3 +220,10 @@ def test_api_key_is_required_and_forwarded_to_experts(tmp_path, live_expert):
     assert body["steps"][0]["ok"] and body["steps"][0]["observation"] == "Secret law."
     experts = client.get("/experts", headers={"Authorization": "Bearer k"}).get_json()["experts"]
     assert experts[0]["ready"] and experts[0]["name"] == "legal_expert"
+
+
+def test_asking_for_unknown_experts_is_a_400_listing_the_known(tmp_path, live_expert):
+    law = live_expert("law_expert")
+    client, _ = make_client(tmp_path, [law.url], [])
+    resp = client.post("/integrate", json={"task": "x", "experts": ["nobody"]})
+    assert resp.status_code == 400 and "legal_expert" in resp.get_json()["error"]["message"]

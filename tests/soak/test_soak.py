@@ -1,0 +1,151 @@
+"""Load, faults and fuzzing against real services on the embedded model. Loopback only, bounded in count and time."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from tests.services import expert, orchestrator_service
+
+pytestmark = pytest.mark.soak
+LIMIT_S = 900  # no request may take longer than this
+
+
+def rss_mb(service) -> float:
+    return psutil.Process(service.proc.pid).memory_info().rss / 2**20
+
+
+def timed_post(url: str, body: dict) -> tuple[int, float, dict, str]:
+    started = time.perf_counter()
+    try:
+        resp = requests.post(url, json=body, timeout=LIMIT_S)
+    except requests.RequestException as exc:
+        return 0, time.perf_counter() - started, {}, f"{type(exc).__name__}: {exc}"
+    return resp.status_code, time.perf_counter() - started, dict(resp.headers), resp.text
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    ai = expert("ai_expert", tmp_path_factory.mktemp("ai")).start()
+    law = expert("law_expert", tmp_path_factory.mktemp("law")).start()
+    orch = orchestrator_service(tmp_path_factory.mktemp("orch"), [ai.url, law.url],
+                                env={"EXPERT_MAX_NEW_TOKENS": "48", "MAX_STEPS": "3"}).start()
+    yield {"ai": ai, "law": law, "orchestrator": orch}
+    for s in (orch, ai, law):
+        s.stop()
+
+
+def check_outcome(status: int, headers: dict, text: str) -> str | None:
+    """The contract under load: 200, or 429/503 with Retry-After; anything else is an error found."""
+    if status == 200:
+        return None
+    if status in (429, 503) and "Retry-After" in headers:
+        return None
+    return f"HTTP {status}: {text[:200]}"
+
+
+def test_64_concurrent_chats_against_one_expert(stack, soak_record, soak_note):
+    ai = stack["ai"]
+    idle = rss_mb(ai)
+    bodies = [{"intent": f"Question {i}: what is machine learning?", "max_new_tokens": 32} for i in range(64)]
+    with ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(lambda b: timed_post(f"{ai.url}/chat", b), bodies))
+    errors = []
+    for status, latency, headers, text in results:
+        error = check_outcome(status, headers, text)
+        soak_record("64 x /chat (one expert)", status, latency, error)
+        errors.append(error)
+    time.sleep(2)
+    after = rss_mb(ai)
+    soak_note("64 x /chat (one expert)", f"RSS idle {idle:.0f} MB, after {after:.0f} MB")
+    assert requests.get(f"{ai.url}/health", timeout=10).status_code == 200
+    assert not [e for e in errors if e], errors
+    assert after < idle * 1.5 + 200
+
+
+def test_12_concurrent_integrations(stack, soak_record, soak_note):
+    orch = stack["orchestrator"]
+    idle = rss_mb(orch)
+    tasks = [{"task": f"Task {i}: how should AI systems protect personal data?",
+              "strategy": "panel" if i % 2 else "react"} for i in range(12)]
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(lambda b: timed_post(f"{orch.url}/integrate", b), tasks))
+    errors = []
+    for status, latency, headers, text in results:
+        error = check_outcome(status, headers, text)
+        soak_record("12 x /integrate", status, latency, error)
+        errors.append(error)
+    soak_note("12 x /integrate", f"orchestrator RSS idle {idle:.0f} MB, after {rss_mb(orch):.0f} MB")
+    assert not [e for e in errors if e], errors
+
+
+def test_kill_during_session_writes_leaves_sqlite_consistent(tmp_path, soak_record, soak_note):
+    service = expert("law_expert", tmp_path, env={"MAX_NEW_TOKENS_LIMIT": "2"}).start()
+    db = tmp_path / "sessions-law_expert.sqlite3"
+
+    def chat(i: int) -> None:
+        try:
+            requests.post(f"{service.url}/chat", timeout=60,
+                          json={"intent": f"q{i}", "session_id": f"s{i % 4}", "max_new_tokens": 2})
+        except requests.RequestException:
+            pass  # the process is being killed under it
+
+    with ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(chat, i) for i in range(200)]
+        time.sleep(3)
+        service.kill()
+        for f in futures:
+            f.result()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        counts = conn.execute("SELECT session_id, role, COUNT(*) FROM turns GROUP BY session_id, role").fetchall()
+    per = {}
+    for session, role, n in counts:
+        per.setdefault(session, {})[role] = n
+    assert all(v.get("user") == v.get("assistant") for v in per.values()), per  # exchanges are whole
+    service.start()
+    turns = requests.get(f"{service.url}/sessions/s0", timeout=10).json()["turns"]
+    service.stop()
+    soak_record("kill -9 during 200 session writes", "integrity ok")
+    soak_note("kill -9 during 200 session writes", f"stored exchanges per session: "
+              f"{ {k: v.get('user', 0) for k, v in per.items()} }; s0 readable after restart ({len(turns)} turns)")
+
+
+@pytest.mark.parametrize("which", ["law", "orchestrator"])
+def test_schemathesis_fuzz(tmp_path, which, soak_record, soak_note):
+    cli = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
+    if cli is None:
+        pytest.skip("schemathesis is not installed")
+    law = expert("law_expert", tmp_path / "law", env={"MAX_NEW_TOKENS_LIMIT": "4"}).start()
+    services = [law]
+    target = law
+    if which == "orchestrator":
+        target = orchestrator_service(tmp_path / "orch", [law.url],
+                                      env={"EXPERT_MAX_NEW_TOKENS": "4", "MAX_STEPS": "1"}).start()
+        services.append(target)
+    try:
+        report = tmp_path / "report.json"
+        proc = subprocess.run(
+            [cli, "run", f"{target.url}/openapi.json", "--checks", "all", "--exclude-checks",
+             "positive_data_acceptance", "--max-examples", "25", "--request-timeout", "300",
+             "--max-response-time", "600", "--seed", "1",
+             "--report", "ndjson", "--report-ndjson-path", str(report)],
+            capture_output=True, text=True, timeout=LIMIT_S * 2)
+        summary = [line for line in proc.stdout.splitlines() if "passed" in line or "failed" in line][-3:]
+        soak_record(f"schemathesis /{which}", "clean" if proc.returncode == 0 else "failures",
+                    error=None if proc.returncode == 0 else proc.stdout[-1500:])
+        soak_note(f"schemathesis /{which}", " | ".join(s.strip() for s in summary))
+        assert requests.get(f"{target.url}/health", timeout=10).status_code == 200
+        assert proc.returncode == 0, proc.stdout[-4000:]
+    finally:
+        for s in reversed(services):
+            s.stop()
