@@ -3,11 +3,14 @@
 #   TORCH_SPEC   the torch requirement (default: the pinned CPU-capable release)
 #   TORCH_INDEX  an extra index for torch wheels, e.g. https://download.pytorch.org/whl/cu124 for CUDA,
 #                or https://download.pytorch.org/whl/cpu for a small CPU-only image
+#   PIP_FIND_LINKS  extra places pip looks for wheels (pip reads it from the environment), e.g. a local folder of
+#                   wheels served on 127.0.0.1 to a build with host networking
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 
 ARG TORCH_SPEC=torch==2.13.0
 ARG TORCH_INDEX=
+ARG PIP_FIND_LINKS=
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \

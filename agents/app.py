@@ -65,14 +65,18 @@ def create_app(settings: AgentSettings | None = None, engine=None) -> Flask:
         require_ready()
         return {"status": "ready", "persona": persona.id, "model": service.model_name}
 
-    @app.post("/chat")
-    def chat():
-        req = parse_body(ChatRequest)
+    def generate(model, stream_events, answer):
+        """Validate, then answer whole or as server-sent events; a client that leaves cancels its generation."""
+        req = parse_body(model)
         require_ready()
         if req.stream:
-            events, gen = service.chat_events(req)
+            events, gen = stream_events(req)
             return sse(events, on_close=gen.cancel)
-        return service.chat(req).model_dump()
+        return answer(req).model_dump()
+
+    @app.post("/chat")
+    def chat():
+        return generate(ChatRequest, service.chat_events, service.chat)
 
     @app.get("/sessions/<session_id>")
     def get_session(session_id: str):
@@ -89,12 +93,7 @@ def create_app(settings: AgentSettings | None = None, engine=None) -> Flask:
 
     @app.post("/v1/chat/completions")
     def chat_completions():
-        req = parse_body(ChatCompletionRequest)
-        require_ready()
-        if req.stream:
-            events, gen = service.completion_chunks(req)
-            return sse(events, on_close=gen.cancel)
-        return service.completion(req).model_dump()
+        return generate(ChatCompletionRequest, service.completion_chunks, service.completion)
 
     @app.get("/.well-known/agent-card.json")
     @app.get("/.well-known/agent.json")

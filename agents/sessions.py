@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from contextlib import closing
-from pathlib import Path
 
 from common.protocol import Turn
+from common.sqlite import SqliteStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS turns (
@@ -22,20 +21,10 @@ CREATE INDEX IF NOT EXISTS turns_by_session ON turns (persona, session_id, id);
 """
 
 
-class SessionStore:
-    """History per (persona, session id). A connection per call keeps it safe across the server's threads."""
+class SessionStore(SqliteStore):
+    """History per (persona, session id)."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30)
-        db.execute("PRAGMA synchronous=NORMAL")
-        return db
+    SCHEMA = SCHEMA
 
     def history(self, persona: str, session_id: str, last_turns: int | None = None) -> list[Turn]:
         """The session's turns, oldest first; ``last_turns`` keeps only the newest exchanges (user + answer pairs)."""

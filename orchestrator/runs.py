@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from contextlib import closing
-from pathlib import Path
 
 from common.protocol import RunRecord
+from common.sqlite import SqliteStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -20,18 +19,8 @@ CREATE INDEX IF NOT EXISTS runs_by_time ON runs (created_at);
 """
 
 
-class RunStore:
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30)
-        db.execute("PRAGMA synchronous=NORMAL")
-        return db
+class RunStore(SqliteStore):
+    SCHEMA = SCHEMA
 
     def save(self, record: RunRecord) -> None:
         with closing(self._connect()) as db, db:

@@ -53,22 +53,28 @@ def check_outcome(status: int, headers: dict, text: str) -> str | None:
     return f"HTTP {status}: {text[:200]}"
 
 
+def wave(name: str, url: str, bodies: list[dict], record) -> list[str]:
+    """All ``bodies`` at once; every outcome recorded; returns the errors found."""
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        results = list(pool.map(lambda b: timed_post(url, b), bodies))
+    errors = []
+    for status, latency, headers, text in results:
+        error = check_outcome(status, headers, text)
+        record(name, status, latency, error)
+        errors += [error] if error else []
+    return errors
+
+
 def test_64_concurrent_chats_against_one_expert(stack, soak_record, soak_note):
     ai = stack["ai"]
     idle = rss_mb(ai)
     bodies = [{"intent": f"Question {i}: what is machine learning?", "max_new_tokens": 32} for i in range(64)]
-    with ThreadPoolExecutor(64) as pool:
-        results = list(pool.map(lambda b: timed_post(f"{ai.url}/chat", b), bodies))
-    errors = []
-    for status, latency, headers, text in results:
-        error = check_outcome(status, headers, text)
-        soak_record("64 x /chat (one expert)", status, latency, error)
-        errors.append(error)
+    errors = wave("64 x /chat (one expert)", f"{ai.url}/chat", bodies, soak_record)
     time.sleep(2)
     after = rss_mb(ai)
     soak_note("64 x /chat (one expert)", f"RSS idle {idle:.0f} MB, after {after:.0f} MB")
     assert requests.get(f"{ai.url}/health", timeout=10).status_code == 200
-    assert not [e for e in errors if e], errors
+    assert not errors, errors
     assert after < idle * 1.5 + 200
 
 
@@ -77,15 +83,9 @@ def test_12_concurrent_integrations(stack, soak_record, soak_note):
     idle = rss_mb(orch)
     tasks = [{"task": f"Task {i}: how should AI systems protect personal data?",
               "strategy": "panel" if i % 2 else "react"} for i in range(12)]
-    with ThreadPoolExecutor(12) as pool:
-        results = list(pool.map(lambda b: timed_post(f"{orch.url}/integrate", b), tasks))
-    errors = []
-    for status, latency, headers, text in results:
-        error = check_outcome(status, headers, text)
-        soak_record("12 x /integrate", status, latency, error)
-        errors.append(error)
+    errors = wave("12 x /integrate", f"{orch.url}/integrate", tasks, soak_record)
     soak_note("12 x /integrate", f"orchestrator RSS idle {idle:.0f} MB, after {rss_mb(orch):.0f} MB")
-    assert not [e for e in errors if e], errors
+    assert not errors, errors
 
 
 def test_kill_during_session_writes_leaves_sqlite_consistent(tmp_path, soak_record, soak_note):
