@@ -1,0 +1,93 @@
+"""The batched engine on the embedded model, in-process: batching must not change answers, and rows are independent."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from common.engine.local import LocalEngine
+from common.engine.types import Constraint, EngineOverloaded, GenerationCancelled, GenerationRequest, GenerationTimeout
+from tests.services import MODEL_CACHE
+
+pytestmark = pytest.mark.integration
+QUESTIONS = ["What is a neural network?", "Explain the GDPR right to erasure.", "What is a contract?",
+             "How does TCP work?", "Who wrote Hamlet?", "What is liability?"]
+
+
+def ask(question: str, **kw) -> GenerationRequest:
+    return GenerationRequest(messages=[{"role": "user", "content": question}], max_new_tokens=kw.pop("n", 24), **kw)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    engine = LocalEngine(cache_dir=MODEL_CACHE, max_batch_size=8, max_queue=8).start()
+    assert engine.wait_ready(600), engine.status
+    yield engine
+    engine.stop()
+
+
+def test_batched_greedy_answers_equal_answers_decoded_alone(engine):
+    alone = [engine.submit(ask(q)).result().text for q in QUESTIONS]
+    together = [g.result().text for g in [engine.submit(ask(q)) for q in QUESTIONS]]
+    assert together == alone
+    staggered = []
+    for q in QUESTIONS:  # each joins a batch already decoding: continuous batching
+        staggered.append(engine.submit(ask(q)))
+        time.sleep(0.15)
+    assert [g.result().text for g in staggered] == alone
+
+
+def test_stop_strings_and_grammars_hold_per_row_in_one_batch(engine):
+    gens = [
+        engine.submit(ask("Count from 1 to 20, separated by commas.", n=60, stop=["7"])),
+        engine.submit(ask("Is Paris in France?", constraint=Constraint("choice", ["yes", "no"]))),
+        engine.submit(ask("Give a date.", n=20, constraint=Constraint("regex", r"[0-9]{4}-[0-9]{2}-[0-9]{2}"))),
+        engine.submit(ask("Describe a cat.", n=30)),
+    ]
+    counted, choice, date, free = [g.result() for g in gens]
+    assert "7" not in counted.text and counted.finish_reason == "stop" and counted.text
+    assert choice.text in ("yes", "no")
+    assert re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", date.text)
+    assert free.completion_tokens == 30 and free.finish_reason == "length"
+
+
+def test_streamed_deltas_add_up_to_the_result(engine):
+    gen = engine.submit(ask("What is encryption?", n=30))
+    assert "".join(gen) == gen.result().text
+
+
+def test_cancellation_and_timeouts_free_their_rows_and_spare_the_rest(engine):
+    keep = engine.submit(ask(QUESTIONS[0]))
+    cancelled = engine.submit(ask("Write a long story.", n=400, min_new_tokens=400))
+    late = engine.submit(ask("Write a long essay.", n=400, min_new_tokens=400, timeout_s=1.0))
+    time.sleep(0.5)
+    cancelled.cancel()
+    with pytest.raises(GenerationCancelled):
+        cancelled.result()
+    with pytest.raises(GenerationTimeout):
+        late.result()
+    assert keep.result().text == engine.submit(ask(QUESTIONS[0])).result().text
+    deadline = time.monotonic() + 10
+    while engine.running_rows and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.running_rows == 0
+
+
+def test_a_full_queue_refuses_with_retry_after(engine):
+    gens, refused = [], None
+    try:
+        for _ in range(40):
+            gens.append(engine.submit(ask("Say something.", n=40, min_new_tokens=40)))
+    except EngineOverloaded as exc:
+        refused = exc
+    assert refused is not None and refused.retry_after
+    for g in gens:
+        g.result()
+
+
+def test_a_bad_sampling_request_fails_alone(engine):
+    good = engine.submit(ask(QUESTIONS[2]))
+    odd = engine.submit(ask("Hi", temperature=1e-30, top_p=1e-30))  # degenerate but valid: decodes greedily
+    assert good.result().text and odd.result().text
