@@ -9,9 +9,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
-import os
 import shutil
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,9 +112,10 @@ def _save_dequantized(model, tokenizer, target: Path) -> None:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    # Each process writes its own folder and renames it into place: a crash mid-save never leaves a half checkpoint
-    # that looks complete, and two experts starting together do not write into one folder.
-    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    # Each load writes its own folder and renames it into place: a crash mid-save never leaves a half checkpoint
+    # that looks complete, and two experts starting together do not write into one folder. (Not the pid: in
+    # containers sharing a volume every service is pid 1 or so.)
+    partial = target.with_name(f"{target.name}.partial-{uuid.uuid4().hex}")
     try:
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
@@ -150,7 +151,7 @@ def _load_model(spec: str, dtype: str, device: str, cache_dir: Path | None):
     if kwargs and converted:
         try:
             _save_dequantized(model, tokenizer, converted)
-        except OSError as exc:  # a read-only cache is a slower start, not a failure
+        except Exception as exc:  # the model is loaded: a cache that cannot be written is a slower next start only
             log.warning("could not cache the converted checkpoint in %s: %s", converted, exc)
     model = model.to(device=device, dtype=torch_dtype).eval()
     if tokenizer.pad_token_id is None:
