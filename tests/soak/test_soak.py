@@ -21,7 +21,9 @@ LIMIT_S = 900  # no request may take longer than this
 
 
 def rss_mb(service) -> float:
-    return psutil.Process(service.proc.pid).memory_info().rss / 2**20
+    """The service's whole process tree: gunicorn's master and the worker that holds the model."""
+    proc = psutil.Process(service.proc.pid)
+    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
 
 
 def timed_post(url: str, body: dict) -> tuple[int, float, dict, str]:
@@ -99,9 +101,15 @@ def test_kill_during_session_writes_leaves_sqlite_consistent(tmp_path, soak_reco
         except requests.RequestException:
             pass  # the process is being killed under it
 
+    def stored() -> int:
+        with sqlite3.connect(db) as conn:
+            return conn.execute("SELECT COUNT(*) FROM turns").fetchone()[0]
+
     with ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(chat, i) for i in range(200)]
-        time.sleep(3)
+        deadline = time.monotonic() + 300
+        while stored() < 20 and time.monotonic() < deadline:  # kill while writes are flowing, not before
+            time.sleep(0.05)
         service.kill()
         for f in futures:
             f.result()
