@@ -78,9 +78,9 @@ class Orchestrator:
                            f"{', '.join(e.name for e in known)}", code="unknown_experts")
         return experts, self.router.rank(req.task, experts)
 
-    def integrate(self, req: IntegrateRequest, emit: Emit | None = None) -> IntegrateResponse:
+    def integrate(self, req: IntegrateRequest) -> IntegrateResponse:
         experts, ranking = self._prepare(req)
-        return self._run(req, experts, ranking, emit)
+        return self._run(req, experts, ranking, None)
 
     def _run(self, req: IntegrateRequest, experts, ranking, emit: Emit | None) -> IntegrateResponse:
         run_id = uuid.uuid4().hex

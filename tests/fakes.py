@@ -15,7 +15,6 @@ class FakeEngine:
     model_spec = "fake"
     running_rows = 0
     waiting = 0
-    tokens_generated = 0
 
     def __init__(self, answer="Hello from the fake engine.", ready: bool = True, error: EngineError | None = None,
                  delay_s: float = 0.0):
@@ -35,7 +34,7 @@ class FakeEngine:
         return self
 
     def submit(self, request: GenerationRequest) -> Generation:
-        if self.error is not None and not isinstance(self.error, type):
+        if self.error is not None:
             raise self.error
         self.requests.append(request)
         gen = Generation(request)

@@ -83,7 +83,6 @@ class LocalEngine:
         self.load_error: str | None = None
         self.model = self.tokenizer = self.grammars = None
         self.running_rows = 0
-        self.tokens_generated = 0
         self._thread: threading.Thread | None = None
 
     @classmethod
@@ -291,7 +290,6 @@ class LocalEngine:
                 r.error = EngineError(f"sampling failed: {exc}")
                 continue
             r.token_ids.append(token)
-            self.tokens_generated += 1
             if r.matcher is not None:
                 r.matcher.accept_token(token)
             if token in self.eos_ids:

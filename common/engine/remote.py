@@ -37,7 +37,6 @@ class RemoteEngine:
         self._http = session or requests.Session()
         self.load_error: str | None = None
         self.running_rows = 0
-        self.tokens_generated = 0
         self._lock = threading.Lock()
 
     @classmethod
@@ -152,7 +151,6 @@ class RemoteEngine:
                 if usage:
                     prompt_tokens = usage.get("prompt_tokens", prompt_tokens)
                     completion_tokens = usage.get("completion_tokens", completion_tokens)
-            self.tokens_generated += completion_tokens
             gen.finish(prompt_tokens, completion_tokens, finish_reason)
 
 
