@@ -11,6 +11,7 @@ Callers never touch torch: they submit a :class:`GenerationRequest` and read a :
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import queue
 import threading
@@ -211,6 +212,7 @@ class LocalEngine:
                             cache, mask, next_tokens = _select(cache, mask, next_tokens, keep)
                         else:
                             cache = mask = next_tokens = None
+                            _release_memory()
                     self.running_rows = len(rows)
             except Exception as exc:  # one bad step must not kill the scheduler; fail what was in flight
                 log.exception("decode step failed")
@@ -337,6 +339,17 @@ class LocalEngine:
             r.gen.fail(GenerationTimeout(f"generation exceeded its time limit of {r.gen.request.timeout_s:g}s"))
             return True
         return False
+
+
+def _release_memory() -> None:
+    """Hand freed KV-cache memory back to the OS when the batch drains.
+
+    glibc keeps freed heap pages for reuse, so without this an expert stays at its peak size after a burst.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _as_list(value) -> list:

@@ -69,6 +69,7 @@ def wave(name: str, url: str, bodies: list[dict], record) -> list[str]:
 
 def test_64_concurrent_chats_against_one_expert(stack, soak_record, soak_note):
     ai = stack["ai"]
+    timed_post(f"{ai.url}/chat", {"intent": "warm up", "max_new_tokens": 8})  # idle means loaded and warmed up
     idle = rss_mb(ai)
     bodies = [{"intent": f"Question {i}: what is machine learning?", "max_new_tokens": 32} for i in range(64)]
     errors = wave("64 x /chat (one expert)", f"{ai.url}/chat", bodies, soak_record)
@@ -77,7 +78,7 @@ def test_64_concurrent_chats_against_one_expert(stack, soak_record, soak_note):
     soak_note("64 x /chat (one expert)", f"RSS idle {idle:.0f} MB, after {after:.0f} MB")
     assert requests.get(f"{ai.url}/health", timeout=10).status_code == 200
     assert not errors, errors
-    assert after < idle * 1.5 + 200
+    assert after < idle * 1.25 + 100  # memory goes back near idle once the burst is over
 
 
 def test_12_concurrent_integrations(stack, soak_record, soak_note):
