@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", help="bind address (env HOST)")
     parser.add_argument("--personas-file", help="a catalog of your own (env PERSONAS_FILE)")
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in {"persona": args.persona, "port": args.port, "host": args.host,
+    overrides = {k: v for k, v in {"persona": args.persona, "agent_port": args.port, "host": args.host,
                                    "personas_file": args.personas_file}.items() if v is not None}
     settings = AgentSettings(**overrides)
     configure_logging(settings.log_level)
@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from agents.app import create_app  # after the persona check: a typo fails fast, before torch is imported
 
-    serve(lambda: create_app(settings), settings.host, settings.port or persona.port, log_level=settings.log_level)
+    port = settings.agent_port or persona.port
+    serve(lambda: create_app(settings), settings.host, port, log_level=settings.log_level)
 
 
 if __name__ == "__main__":

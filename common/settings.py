@@ -67,7 +67,8 @@ class AgentSettings(WebSettings, EngineSettings):
     personas_file: Path | None = Field(
         None, validation_alias="PERSONAS_FILE", description="A catalog of your own instead of agents/personas.yaml."
     )
-    port: int | None = Field(None, validation_alias="AGENT_PORT", description="Default: the persona's own port.")
+    # Named agent_port, not port: honcho and PaaS hosts export PORT, which would otherwise be read as this setting.
+    agent_port: int | None = Field(None, ge=1, le=65535, description="Default: the persona's own port.")
     public_url: str | None = Field(None, validation_alias="PUBLIC_URL", description="URL written in the agent card.")
     default_max_new_tokens: int = Field(512, ge=1, validation_alias="DEFAULT_MAX_NEW_TOKENS")
     max_history_length: int = Field(10, ge=2, le=20, validation_alias="MAX_HISTORY_LENGTH")
@@ -82,7 +83,7 @@ class OrchestratorSettings(WebSettings, EngineSettings):
 
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
 
-    port: int = Field(5002, validation_alias="ORCHESTRATOR_PORT")
+    orchestrator_port: int = Field(5002, ge=1, le=65535)
     expert_urls: str = Field(
         "http://127.0.0.1:5000,http://127.0.0.1:5001",
         validation_alias="EXPERT_URLS",

@@ -15,13 +15,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", help="bind address (env HOST)")
     parser.add_argument("--experts", help="comma-separated expert URLs (env EXPERT_URLS)")
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in {"port": args.port, "host": args.host, "expert_urls": args.experts}.items()
-                 if v is not None}
+    given = {"orchestrator_port": args.port, "host": args.host, "expert_urls": args.experts}
+    overrides = {k: v for k, v in given.items() if v is not None}
     settings = OrchestratorSettings(**overrides)
     configure_logging(settings.log_level)
     from orchestrator.app import create_app
 
-    serve(lambda: create_app(settings), settings.host, settings.port, log_level=settings.log_level)
+    serve(lambda: create_app(settings), settings.host, settings.orchestrator_port, log_level=settings.log_level)
 
 
 if __name__ == "__main__":
