@@ -21,9 +21,7 @@ def merge_prompt(task: str, answers: list[tuple[str, str]]) -> str:
 
 def synthesize(engine, task: str, answers: list[tuple[str, str]], max_new_tokens: int = 320,
                timeout_s: float = 600.0) -> str:
-    """One answer from several. With a single answer there is nothing to merge, so it is returned as it is."""
-    if not answers:
-        return ""
+    """One answer from several (at least one). A single answer has nothing to merge, so it is returned as it is."""
     if len(answers) == 1:
         return answers[0][1]
     request = GenerationRequest(messages=[{"role": "user", "content": merge_prompt(task, answers)}],

@@ -103,8 +103,11 @@ class LocalEngine:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the scheduler and wait for it, so no decode step is cut off mid-way by interpreter exit."""
         self._stopping.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         self._ready.wait(timeout)
@@ -336,9 +339,19 @@ class LocalEngine:
             r.gen.fail(GenerationCancelled("client went away"))
             return True
         if time.monotonic() > r.gen.deadline:
-            r.gen.fail(GenerationTimeout(f"generation exceeded its time limit of {r.gen.request.timeout_s:g}s"))
+            r.gen.fail(r.gen.timeout_error())
             return True
         return False
+
+
+def _load_malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
 
 
 def _release_memory() -> None:
@@ -346,10 +359,8 @@ def _release_memory() -> None:
 
     glibc keeps freed heap pages for reuse, so without this an expert stays at its peak size after a burst.
     """
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def _as_list(value) -> list:

@@ -119,6 +119,9 @@ class Generation:
         self._done.set()
         self._deltas.put(_DONE)
 
+    def timeout_error(self) -> GenerationTimeout:
+        return GenerationTimeout(f"generation exceeded its time limit of {self.request.timeout_s:g}s")
+
     @property
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
@@ -140,8 +143,7 @@ class Generation:
                 item = self._deltas.get(timeout=max(remaining, 0.1))
             except queue.Empty:
                 self.cancel()
-                raise GenerationTimeout(
-                    f"generation exceeded its time limit of {self.request.timeout_s:g}s") from None
+                raise self.timeout_error() from None
             if item is _DONE:
                 if self._error is not None:
                     raise self._error
@@ -152,7 +154,7 @@ class Generation:
         """Wait for the whole answer (whether or not the deltas were read); raise the engine's error if it failed."""
         if not self._done.wait(timeout=max(self.deadline - time.monotonic() + 5.0, 0.1)):
             self.cancel()
-            raise GenerationTimeout(f"generation exceeded its time limit of {self.request.timeout_s:g}s")
+            raise self.timeout_error()
         if self._error is not None:
             raise self._error
         assert self._result is not None
