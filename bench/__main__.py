@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from agents.personas import get_persona
+from common.engine.decoding import make_decoder
 from common.engine.loading import load_model, pick_dtype
 from tests.services import MODEL_CACHE, Service, expert, free_port, orchestrator_service
 
@@ -111,33 +112,32 @@ def _timed_chat(url: str) -> float:
     return time.perf_counter() - started
 
 
-def bare_decode(model, tokenizer, messages: list[dict], new_tokens: int) -> float:
-    """A bare greedy decode loop of exactly ``new_tokens`` tokens: no server, no scheduler, no detokenizing."""
-    from transformers import DynamicCache
-
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                        return_dict=True)["input_ids"]
+def bare_decode(decoder, prompt_ids: list[int], new_tokens: int) -> float:
+    """A bare greedy decode of exactly ``new_tokens`` tokens: no server, no scheduler, no sampling, no detokenizing."""
     started = time.perf_counter()
     with torch.inference_mode():
-        out = model(input_ids=ids, past_key_values=DynamicCache(config=model.config), use_cache=True,
-                    logits_to_keep=1)
+        logits, batch = decoder.prefill([prompt_ids], pad_id=0)
         for _ in range(new_tokens - 1):
-            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-            out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+            logits = decoder.decode(batch, logits.argmax(-1, keepdim=True))
     return time.perf_counter() - started
 
 
 def in_process(messages: list[dict]) -> dict:
-    """Bare decode in the engine's dtype, generate() in float32, and greedy answers in both dtypes side by side."""
+    """Bare decodes by dtype and decoder, generate() in float32, and greedy answers in both dtypes side by side."""
     chosen = str(pick_dtype("auto", "cpu")).removeprefix("torch.")
     out: dict = {"engine_dtype": chosen, "bare_decode_s": {}, "samples": []}
     models = {}
     for dtype in sorted({chosen, "float32", "bfloat16"}):
         model, tokenizer, _ = load_model("embedded", dtype=dtype, cache_dir=MODEL_CACHE)
         models[dtype] = model
-        bare_decode(model, tokenizer, messages, 4)  # warm-up
-        out["bare_decode_s"][dtype] = round(min(bare_decode(model, tokenizer, messages, NEW_TOKENS)
-                                                for _ in range(2)), 3)
+        prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+        for kind in ("auto", "transformers"):
+            decoder = make_decoder(model, kind)
+            if dtype == chosen and kind == "auto":
+                out["engine_decoder"] = type(decoder).__name__
+            bare_decode(decoder, prompt_ids, 4)  # warm-up
+            out["bare_decode_s"][f"{dtype} {type(decoder).__name__}"] = round(
+                min(bare_decode(decoder, prompt_ids, NEW_TOKENS) for _ in range(2)), 3)
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                            return_dict=True)
     started = time.perf_counter()
@@ -232,20 +232,21 @@ def report(results: dict) -> None:
         print(f"{b['concurrency']:>4} | {b['tokens_per_s']:>13} {b['p50_s']:>6} {b['p95_s']:>6} | "
               f"{n['tokens_per_s']:>11} {n['p50_s']:>6} {n['p95_s']:>6} | {b['tokens_per_s'] / n['tokens_per_s']:.2f}x")
     p = results["in_process"]
-    dtype = p["engine_dtype"]
+    engine_decode = p["bare_decode_s"][f"{p['engine_dtype']} {p['engine_decoder']}"]
     http = min(t["single_http_s"])
-    print(f"\n== Single request, {NEW_TOKENS} tokens (engine dtype {dtype}) ==")
-    print(f"HTTP + engine: {http:.3f} s | bare decode, same dtype: {p['bare_decode_s'][dtype]:.3f} s | "
-          f"overhead {100 * (http / p['bare_decode_s'][dtype] - 1):+.1f}% | "
-          f"model.generate() float32: {p['generate_float32_s']:.3f} s")
-    for d, s in p["bare_decode_s"].items():
-        print(f"bare decode {d}: {NEW_TOKENS / s:.1f} tok/s")
+    print(f"\n== Single request, {NEW_TOKENS} tokens ({p['engine_dtype']}, {p['engine_decoder']}) ==")
+    print(f"HTTP + engine: {http:.3f} s | bare decode, same dtype and decoder: {engine_decode:.3f} s | "
+          f"overhead {100 * (http / engine_decode - 1):+.1f}% | model.generate() float32: "
+          f"{p['generate_float32_s']:.3f} s | naive server: {t['naive'][0]['p50_s']} s")
+    for name, s in p["bare_decode_s"].items():
+        print(f"bare decode {name}: {NEW_TOKENS / s:.1f} tok/s")
     print(f"\n== Memory: expert RSS idle {t['rss_idle_mb']} MB, peak at concurrency 16 {t['rss_peak_c16_mb']} MB ==")
     print("\n== Greedy answers by dtype ==")
     for row in p["samples"]:
         print(f"* {row['prompt']}")
-        for d in p["bare_decode_s"]:
-            print(f"    {d:>9}: {row[d][:110]!r}")
+        for dtype, text in row.items():
+            if dtype != "prompt":
+                print(f"    {dtype:>9}: {text[:110]!r}")
     print("\n== /integrate panel: wall time vs its experts ==")
     for r in results["panel"]["runs"]:
         print(f"wall {r['wall_s']} s | experts {r['expert_s']} (sum {r['sum_experts_s']}) | merge {r['merge_s']} s | "

@@ -1,7 +1,8 @@
 """The seed's design, as a baseline: one ``model.generate()`` per request, float32, no batching.
 
-Served the same way as an expert (gunicorn, one worker, many threads), so the benchmark compares engines, not
-servers. Run: ``python -m bench.naive_server PORT``.
+Served the same way as an expert (gunicorn, one worker, many threads), and given the same work as the ai_expert
+(its system prompt and default repetition penalty), so the benchmark compares engines, not servers or prompts.
+Run: ``python -m bench.naive_server PORT``.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import time
 import torch
 from flask import Flask, request
 
+from agents.personas import get_persona
 from common.engine.loading import load_model
 from common.serve import serve
+from common.settings import AgentSettings
 from tests.services import MODEL_CACHE
 
-SYSTEM = "You are a helpful expert."
+SYSTEM = get_persona("ai_expert").system_prompt
+REPETITION_PENALTY = AgentSettings.model_fields["default_repetition_penalty"].default
 
 
 def create_app() -> Flask:
@@ -36,7 +40,8 @@ def create_app() -> Flask:
                                                return_dict=True)
         with torch.inference_mode():
             out = model.generate(**inputs, max_new_tokens=body["max_new_tokens"],
-                                 min_new_tokens=body.get("min_new_tokens", 0), do_sample=False)
+                                 min_new_tokens=body.get("min_new_tokens", 0), do_sample=False,
+                                 repetition_penalty=REPETITION_PENALTY)
         new = out[0][inputs["input_ids"].shape[1]:]
         return {"response": tokenizer.decode(new, skip_special_tokens=True).strip(), "model": source.name,
                 "usage": {"completion_tokens": int(new.shape[0])},

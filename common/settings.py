@@ -29,6 +29,10 @@ class EngineSettings(BaseSettings):
         "auto", description="auto: bfloat16 on CUDA or on CPUs with native bf16, float32 otherwise."
     )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    decoder: Literal["auto", "transformers"] = Field(
+        "auto", description="auto: a lean forward pass for Llama-architecture models on the CPU (the embedded one "
+        "among them), the transformers forward otherwise; transformers: always the transformers forward."
+    )
     remote_url: str | None = Field(
         None, description="Base URL of an OpenAI-compatible server (ending in /v1). When set, no local model loads."
     )

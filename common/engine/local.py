@@ -1,6 +1,7 @@
 """The local engine: one scheduler thread owns the model and decodes every waiting request together.
 
-Continuous batching over a left-padded KV cache. At each step the scheduler
+Continuous batching over a left-padded KV cache (the forward pass itself is a :class:`~.decoding.Decoder`). At each
+step the scheduler
   1. admits waiting requests: prefills them as one left-padded group and merges their cache rows into the running
      batch (shorter side padded on the left, so every row's newest token sits in the last column);
   2. otherwise decodes one token for every running row;
@@ -12,6 +13,7 @@ Callers never touch torch: they submit a :class:`GenerationRequest` and read a :
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import queue
 import threading
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from .decoding import Decoder, make_decoder
 from .grammar import GrammarCompiler, mask_logits
 from .loading import load_model
 from .types import (
@@ -71,6 +74,7 @@ class LocalEngine:
         cache_dir: Path | None = None,
         max_batch_size: int = 16,
         max_queue: int = 64,
+        decoder: str = "auto",
         loader: Callable = load_model,
     ):
         self.model_spec = model
@@ -78,11 +82,13 @@ class LocalEngine:
         self.max_batch_size = max_batch_size
         self._load_args = (model, dtype, device, cache_dir)
         self._loader = loader
+        self._decoder_kind = decoder
         self._queue: queue.Queue[_Row] = queue.Queue(maxsize=max_queue)
         self._ready = threading.Event()
         self._stopping = threading.Event()
         self.load_error: str | None = None
-        self.model = self.tokenizer = self.grammars = None
+        self.decoder: Decoder | None = None
+        self.tokenizer = self.grammars = None
         self.running_rows = 0
         self._thread: threading.Thread | None = None
 
@@ -95,6 +101,7 @@ class LocalEngine:
             settings.cache_dir,
             settings.max_batch_size,
             settings.max_queue,
+            settings.decoder,
         )
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
@@ -129,17 +136,23 @@ class LocalEngine:
 
     def _load(self) -> None:
         model, tokenizer, source = self._loader(*self._load_args)
-        self.model, self.tokenizer, self.model_name = model, tokenizer, source.name
-        self.device = next(model.parameters()).device
-        vocab = model.get_output_embeddings().weight.shape[0]
-        self.vocab_size = vocab
-        self.grammars = GrammarCompiler(tokenizer, vocab)
+        self.tokenizer, self.model_name = tokenizer, source.name
+        self.dtype = model.dtype
+        self.vocab_size = model.get_output_embeddings().weight.shape[0]
+        self.grammars = GrammarCompiler(tokenizer, self.vocab_size)
         eos = {tokenizer.eos_token_id, *(_as_list(model.generation_config.eos_token_id))}
         eos |= {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>")
                 if t in tokenizer.get_vocab()}
         self.eos_ids = sorted(i for i in eos if i is not None)
         self.max_positions = getattr(model.config, "max_position_embeddings", 8192)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        # The decoder keeps what it needs; a lean one holds its own packed weights, so the model itself is let go
+        # (collected now, and its pages handed back, so they do not count against the expert's memory).
+        self.decoder = make_decoder(model, self._decoder_kind, self.max_batch_size)
+        self.device = self.decoder.device
+        del model
+        gc.collect()
+        _release_memory()
 
     # ---- submission (caller threads) ---------------------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> Generation:
@@ -176,35 +189,26 @@ class LocalEngine:
             self._ready.set()
             return
         self._ready.set()
-        log.info("engine ready: %s on %s (%s)", self.model_name, self.device, self.model.dtype)
+        log.info("engine ready: %s on %s (%s, %s)", self.model_name, self.device, self.dtype,
+                 type(self.decoder).__name__)
         rows: list[_Row] = []
-        cache = mask = next_tokens = None
+        batch = next_tokens = None
         while not self._stopping.is_set():
             new = self._admit(block=not rows, room=self.max_batch_size - len(rows))
             try:
                 with torch.inference_mode():
                     if new:
-                        logits, new_cache, new_mask = self._prefill(new)
+                        logits, new_batch = self.decoder.prefill([r.prompt_ids for r in new], self.pad_id)
                         self._sample_and_advance(new, logits)
                         new_next = self._last_tokens(new)
                         if rows:
-                            cache, mask = _merge(cache, mask, new_cache, new_mask)
+                            batch = self.decoder.merge(batch, new_batch)
                             next_tokens = torch.cat([next_tokens, new_next])
                         else:
-                            cache, mask, next_tokens = new_cache, new_mask, new_next
+                            batch, next_tokens = new_batch, new_next
                         rows = rows + new
                     elif rows:
-                        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-                        positions = (mask.sum(dim=1, keepdim=True) - 1)
-                        out = self.model(
-                            input_ids=next_tokens,
-                            attention_mask=mask,
-                            position_ids=positions,
-                            past_key_values=cache,
-                            use_cache=True,
-                        )
-                        cache = out.past_key_values
-                        self._sample_and_advance(rows, out.logits[:, -1, :].float())
+                        self._sample_and_advance(rows, self.decoder.decode(batch, next_tokens))
                         next_tokens = self._last_tokens(rows)
                     else:
                         continue
@@ -212,9 +216,10 @@ class LocalEngine:
                     if len(keep) < len(rows):
                         rows = [rows[i] for i in keep]
                         if rows:
-                            cache, mask, next_tokens = _select(cache, mask, next_tokens, keep)
+                            batch = self.decoder.select(batch, keep)
+                            next_tokens = next_tokens[keep]
                         else:
-                            cache = mask = next_tokens = None
+                            batch = next_tokens = None
                             _release_memory()
                     self.running_rows = len(rows)
             except Exception as exc:  # one bad step must not kill the scheduler; fail what was in flight
@@ -222,7 +227,7 @@ class LocalEngine:
                 for r in rows + new:
                     if not r.gen.done:
                         r.gen.fail(EngineError(f"generation failed: {type(exc).__name__}: {exc}"))
-                rows, cache, mask, next_tokens = [], None, None, None
+                rows, batch, next_tokens = [], None, None
                 self.running_rows = 0
 
     def _admit(self, block: bool, room: int) -> list[_Row]:
@@ -246,28 +251,6 @@ class LocalEngine:
             else:
                 admitted.append(r)
         return admitted
-
-    def _prefill(self, rows: list[_Row]):
-        width = max(len(r.prompt_ids) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            n = len(r.prompt_ids)
-            ids[i, width - n:] = torch.tensor(r.prompt_ids)
-            mask[i, width - n:] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        from transformers import DynamicCache
-
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=DynamicCache(config=self.model.config),
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        return out.logits[:, -1, :].float(), out.past_key_values, mask
 
     def _last_tokens(self, rows: list[_Row]) -> torch.Tensor:
         # A row that ended on its first step has no token; it is retired before the next decode, so pad stands in.
@@ -393,38 +376,3 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float) -> int:
         sorted_probs[cut] = 0.0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
     return int(torch.multinomial(probs, 1).item())
-
-
-def _layers(cache):
-    return cache.layers
-
-
-def _merge(cache_a, mask_a, cache_b, mask_b):
-    """Stack two left-padded batches into one, padding the shorter on the left so the newest tokens align."""
-    width = max(mask_a.shape[1], mask_b.shape[1])
-
-    def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
-        missing = width - t.shape[dim]
-        if missing == 0:
-            return t
-        shape = list(t.shape)
-        shape[dim] = missing
-        return torch.cat([t.new_zeros(shape), t], dim=dim)
-
-    for la, lb in zip(_layers(cache_a), _layers(cache_b), strict=True):
-        la.keys = torch.cat([pad(la.keys, 2), pad(lb.keys, 2)])
-        la.values = torch.cat([pad(la.values, 2), pad(lb.values, 2)])
-    return cache_a, torch.cat([pad(mask_a, 1), pad(mask_b, 1)])
-
-
-def _select(cache, mask, next_tokens, keep: list[int]):
-    """Keep only the rows in ``keep`` and drop leading columns that are padding in every remaining row."""
-    index = torch.tensor(keep, device=mask.device)
-    mask = mask.index_select(0, index)
-    next_tokens = next_tokens.index_select(0, index)
-    lead = int((mask.sum(dim=0) == 0).long().cumprod(dim=0).sum().item())
-    mask = mask[:, lead:]
-    for layer in _layers(cache):
-        layer.keys = layer.keys.index_select(0, index)[:, :, lead:]
-        layer.values = layer.values.index_select(0, index)[:, :, lead:]
-    return cache, mask, next_tokens

@@ -39,6 +39,17 @@ def test_batched_greedy_answers_equal_answers_decoded_alone(engine):
     assert [g.result().text for g in staggered] == alone
 
 
+def test_the_lean_decoder_answers_as_the_transformers_forward_does(engine):
+    assert type(engine.decoder).__name__ == "LlamaDecoder"
+    reference = LocalEngine(cache_dir=MODEL_CACHE, decoder="transformers").start()
+    try:
+        assert reference.wait_ready(600), reference.status
+        expected = [g.result().text for g in [reference.submit(ask(q, n=40)) for q in QUESTIONS[:4]]]
+    finally:
+        reference.stop()
+    assert [g.result().text for g in [engine.submit(ask(q, n=40)) for q in QUESTIONS[:4]]] == expected
+
+
 def test_stop_strings_and_grammars_hold_per_row_in_one_batch(engine):
     gens = [
         engine.submit(ask("Count from 1 to 20, separated by commas.", n=60, stop=["7"])),

@@ -1,0 +1,135 @@
+"""One forward step over a left-padded batch: what the scheduler in ``local.py`` drives, model by model.
+
+A :class:`Batch` is the decoder's KV cache plus the batch's attention mask. Rows are left-padded so that every row's
+newest token sits in the last column; a row's positions count only its real tokens. Two decoders implement it:
+
+- :class:`TransformersDecoder` runs any transformers causal LM through its own ``forward`` and ``DynamicCache``;
+- :class:`~common.engine.llama.LlamaDecoder` is a lean forward for Llama-architecture models on the CPU (the embedded
+  SmolLM2 among them): fused, pre-packed projections and a KV cache written in place instead of re-concatenated.
+
+:func:`make_decoder` picks one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    """The running rows' KV cache (decoder-specific) and attention mask, [rows, columns] of 0/1."""
+
+    cache: Any
+    mask: torch.Tensor
+
+
+class Decoder:
+    """Prefill, decode, merge and select over :class:`Batch`; subclasses supply the forward pass and cache edits."""
+
+    device: torch.device
+
+    def prefill(self, prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, Batch]:
+        """Run the prompts as one left-padded group: (last-position logits [rows, vocab] in float32, batch)."""
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        logits, cache = self._prefill(ids, mask, positions)
+        return logits.float(), Batch(cache, mask)
+
+    def decode(self, batch: Batch, next_tokens: torch.Tensor) -> torch.Tensor:
+        """Feed each row its newest token ([rows, 1]); returns next-token logits [rows, vocab] in float32."""
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones((batch.mask.shape[0], 1))], dim=1)
+        positions = batch.mask.sum(dim=1, keepdim=True) - 1
+        logits, batch.cache = self._decode(next_tokens, batch.mask, positions, batch.cache)
+        return logits.float()
+
+    def merge(self, a: Batch, b: Batch) -> Batch:
+        """Stack two batches, padding the narrower on the left so the newest tokens stay aligned."""
+        width = max(a.mask.shape[1], b.mask.shape[1])
+        mask = torch.cat([_pad_left(a.mask, width, 1), _pad_left(b.mask, width, 1)])
+        return Batch(self._merge_caches(a.cache, b.cache, width), mask)
+
+    def select(self, batch: Batch, keep: list[int]) -> Batch:
+        """Keep only the rows in ``keep`` and drop leading columns that are padding in every remaining row."""
+        index = torch.tensor(keep, device=batch.mask.device)
+        mask = batch.mask.index_select(0, index)
+        lead = int((mask.sum(dim=0) == 0).long().cumprod(dim=0).sum().item())
+        return Batch(self._select_cache(batch.cache, index, lead), mask[:, lead:])
+
+    # ---- the model-specific part -------------------------------------------------------------------------------
+    def _prefill(self, ids, mask, positions) -> tuple[torch.Tensor, Any]:
+        raise NotImplementedError
+
+    def _decode(self, ids, mask, positions, cache) -> tuple[torch.Tensor, Any]:
+        raise NotImplementedError
+
+    def _merge_caches(self, a, b, width: int):
+        raise NotImplementedError
+
+    def _select_cache(self, cache, index: torch.Tensor, lead: int):
+        raise NotImplementedError
+
+
+class TransformersDecoder(Decoder):
+    """Any transformers causal LM, through its own forward and a ``DynamicCache``."""
+
+    def __init__(self, model):
+        self.model = model
+        self.device = next(model.parameters()).device
+
+    def _prefill(self, ids, mask, positions):
+        from transformers import DynamicCache
+
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                         past_key_values=DynamicCache(config=self.model.config), use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :], out.past_key_values
+
+    def _decode(self, ids, mask, positions, cache):
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                         use_cache=True)
+        return out.logits[:, -1, :], out.past_key_values
+
+    def _merge_caches(self, a, b, width):
+        for la, lb in zip(a.layers, b.layers, strict=True):
+            la.keys = torch.cat([_pad_left(la.keys, width, 2), _pad_left(lb.keys, width, 2)])
+            la.values = torch.cat([_pad_left(la.values, width, 2), _pad_left(lb.values, width, 2)])
+        return a
+
+    def _select_cache(self, cache, index, lead):
+        for layer in cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, lead:]
+            layer.values = layer.values.index_select(0, index)[:, :, lead:]
+        return cache
+
+
+def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def make_decoder(model, kind: str = "auto", batch_hint: int = 16) -> Decoder:
+    """``auto``: the lean Llama decoder where it applies (a Llama-architecture model on the CPU), else transformers."""
+    from .llama import LlamaDecoder, unsupported_reason
+
+    if kind == "transformers":
+        return TransformersDecoder(model)
+    reason = unsupported_reason(model)
+    if reason is None:
+        return LlamaDecoder(model, batch_hint)
+    log.info("using the transformers forward: %s", reason)
+    return TransformersDecoder(model)

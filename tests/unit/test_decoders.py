@@ -1,0 +1,75 @@
+"""The lean Llama decoder computes what the transformers forward computes, through prefill, decode, merge and select.
+
+A tiny randomly initialised Llama stands in for a checkpoint here; tests/integration/test_engine.py runs the same
+comparison on the embedded model.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+from common.engine.decoding import TransformersDecoder, make_decoder
+from common.engine.llama import LlamaDecoder, unsupported_reason
+
+PAD = 0
+
+
+def tiny(cls=LlamaForCausalLM, config=LlamaConfig, **kw):
+    torch.manual_seed(0)
+    return cls(config(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, **kw)).eval()
+
+
+def run_script(decoder, feed: dict[str, list[list[int]]]) -> list[torch.Tensor]:
+    """Prefill A, decode, prefill B and merge it in, decode, drop rows, decode; every step's logits.
+
+    Every decoder is fed the same tokens (``feed``: what the reference chose), so the logits are comparable."""
+    steps = []
+    with torch.inference_mode():
+        logits, batch = decoder.prefill([[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]], PAD)
+        steps.append(logits)
+        for tokens in feed["a"]:
+            steps.append(decoder.decode(batch, torch.tensor(tokens)[:, None]))
+        logits_b, batch_b = decoder.prefill([[20, 21, 22, 23, 24, 25, 26, 27], [30]], PAD)
+        steps.append(logits_b)
+        batch = decoder.merge(batch, batch_b)
+        for tokens in feed["merged"]:
+            steps.append(decoder.decode(batch, torch.tensor(tokens)[:, None]))
+        batch = decoder.select(batch, [0, 2, 3])
+        for tokens in feed["selected"]:
+            steps.append(decoder.decode(batch, torch.tensor(tokens)[:, None]))
+    return steps
+
+
+FEED = {"a": [[40, 41, 42], [43, 44, 45]], "merged": [[50, 51, 52, 53, 54], [55, 56, 57, 58, 59]],
+        "selected": [[60, 61, 62], [63, 64, 65], [66, 67, 68]] * 30}  # long enough to outgrow the cache
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lean_decoder_matches_the_transformers_forward(dtype):
+    model = tiny().to(dtype)
+    reference = run_script(TransformersDecoder(model), FEED)
+    lean = run_script(LlamaDecoder(model, batch_hint=4), FEED)
+    tolerance = 1e-4 if dtype == torch.float32 else 5e-2
+    for ref, got in zip(reference, lean, strict=True):
+        assert got.shape == ref.shape
+        assert torch.allclose(got, ref, atol=tolerance, rtol=0), (got - ref).abs().max()
+
+
+def test_select_drops_the_columns_that_only_padded_the_rows_that_left():
+    decoder = LlamaDecoder(tiny())
+    with torch.inference_mode():
+        _, batch = decoder.prefill([[1] * 9, [2, 3]], PAD)
+        batch = decoder.select(batch, [1])
+    assert batch.mask.shape == (1, 2) and batch.cache.length == 2 and batch.mask.all()
+
+
+def test_auto_picks_the_lean_decoder_for_llama_only():
+    assert isinstance(make_decoder(tiny()), LlamaDecoder)
+    assert isinstance(make_decoder(tiny(), "transformers"), TransformersDecoder)
+    mistral = tiny(MistralForCausalLM, MistralConfig)
+    assert "mistral" in unsupported_reason(mistral)
+    assert isinstance(make_decoder(mistral), TransformersDecoder)
+    assert unsupported_reason(tiny(attention_bias=True)) == "projections with bias"
