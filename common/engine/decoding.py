@@ -34,18 +34,13 @@ class Decoder:
 
     device: torch.device
 
-    def prefill(self, prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, Batch]:
-        """Run the prompts as one left-padded group: (last-position logits [rows, vocab] in float32, batch)."""
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        logits, cache = self._prefill(ids, mask, positions)
-        return logits.float(), Batch(cache, mask)
+    def prefill(self, prompts: list[list[int]], pad_id: int, prefix_lens: list[int] | None = None
+                ) -> tuple[torch.Tensor, Batch]:
+        """Run the prompts as one left-padded group: (last-position logits [rows, vocab] in float32, batch).
+
+        ``prefix_lens`` marks how many leading tokens of each prompt are a prefix worth keeping computed (a system
+        prompt); a decoder may reuse their keys and values across requests or ignore the hint."""
+        raise NotImplementedError
 
     def decode(self, batch: Batch, next_tokens: torch.Tensor) -> torch.Tensor:
         """Feed each row its newest token ([rows, 1]); returns next-token logits [rows, vocab] in float32."""
@@ -68,9 +63,6 @@ class Decoder:
         return Batch(self._select_cache(batch.cache, index, lead), mask[:, lead:])
 
     # ---- the model-specific part -------------------------------------------------------------------------------
-    def _prefill(self, ids, mask, positions) -> tuple[torch.Tensor, Any]:
-        raise NotImplementedError
-
     def _decode(self, ids, mask, positions, cache) -> tuple[torch.Tensor, Any]:
         raise NotImplementedError
 
@@ -88,12 +80,13 @@ class TransformersDecoder(Decoder):
         self.model = model
         self.device = next(model.parameters()).device
 
-    def _prefill(self, ids, mask, positions):
+    def prefill(self, prompts, pad_id, prefix_lens=None):
         from transformers import DynamicCache
 
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+        ids, mask = left_padded(prompts, pad_id, self.device)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions_of(mask),
                          past_key_values=DynamicCache(config=self.model.config), use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :], out.past_key_values
+        return out.logits[:, -1, :].float(), Batch(out.past_key_values, mask)
 
     def _decode(self, ids, mask, positions, cache):
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
@@ -111,6 +104,23 @@ class TransformersDecoder(Decoder):
             layer.keys = layer.keys.index_select(0, index)[:, :, lead:]
             layer.values = layer.values.index_select(0, index)[:, :, lead:]
         return cache
+
+
+def left_padded(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask [rows, longest], each sequence right-aligned after padding."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, seq in enumerate(seqs):
+        if seq:
+            ids[i, width - len(seq):] = torch.tensor(seq)
+            mask[i, width - len(seq):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def positions_of(mask: torch.Tensor) -> torch.Tensor:
+    """Each token's position within its own row: padding does not count."""
+    return (mask.cumsum(dim=1) - 1).clamp(min=0)
 
 
 def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:

@@ -6,16 +6,23 @@ forward computes the same function with
 - q/k/v and gate/up fused into one projection each, in oneDNN's pre-packed weight layout (the layout inductor's
   freezing uses), which keeps small-batch matmuls fast;
 - a KV cache preallocated with headroom and written in place;
-- fewer, larger tensor ops (``rms_norm``, SDPA with grouped-query attention).
+- fewer, larger tensor ops (``rms_norm``, SDPA with grouped-query attention);
+- a prefix cache: a system prompt's keys and values are computed once and copied into every request that starts
+  with it, so an expert prefills only what follows its persona.
 Its logits equal the transformers forward's to float rounding; ``tests/integration/test_engine.py`` checks it.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 
-from .decoding import Decoder
+from .decoding import Batch, Decoder, left_padded, positions_of
+
+# System prompts whose keys and values are kept: an expert has one persona, an orchestrator a handful of prompts.
+PREFIX_CACHE_SIZE = 8
 
 
 def unsupported_reason(model) -> str | None:
@@ -91,6 +98,13 @@ class KVCache:
                 store[i] = old.new_zeros((rows, heads, self.headroom(length), dim))
                 store[i][:, :, : self.length] = old[:, :, : self.length]
 
+    def put(self, row: int, prefix: list[tuple[torch.Tensor, torch.Tensor]], end: int) -> None:
+        """Copy one sequence's keys and values (per layer, [1, heads, n, dim]) into ``row``, ending at ``end``."""
+        for layer, (keys, values) in enumerate(prefix):
+            n = keys.shape[2]
+            self.keys[layer][row, :, end - n: end] = keys[0]
+            self.values[layer][row, :, end - n: end] = values[0]
+
     def write(self, layer: int, start: int, keys: torch.Tensor, values: torch.Tensor):
         """Store new columns from ``start`` on; returns the layer's keys and values up to them."""
         end = start + keys.shape[2]
@@ -143,14 +157,51 @@ class LlamaDecoder(Decoder):
         rotary = model.model.rotary_emb
         self.inv_freq = rotary.inv_freq.detach().float()
         self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
+        self._prefixes: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
 
-    def _prefill(self, ids, mask, positions):
-        width = ids.shape[1]
-        cache = KVCache(len(self.layers), ids.shape[0], self.kv_heads, self.head_dim, KVCache.headroom(width),
+    def prefill(self, prompts, pad_id, prefix_lens=None):
+        """Prefill with each row's marked prefix taken from the prefix cache (computed once, on first sight).
+
+        The cache holds ``held`` columns of prefixes, right-aligned, then the suffixes, left-padded: a row may carry
+        padding in the middle, which its mask hides and its positions skip."""
+        prefix_lens = prefix_lens or [0] * len(prompts)
+        prefixes = [self._prefix(p[:n]) for p, n in zip(prompts, prefix_lens, strict=True)]
+        ids, suffix_mask = left_padded([p[n:] for p, n in zip(prompts, prefix_lens, strict=True)], pad_id,
+                                       self.device)
+        rows, width = ids.shape
+        held = max(prefix_lens)
+        cache = KVCache(len(self.layers), rows, self.kv_heads, self.head_dim, KVCache.headroom(held + width),
                         self.embed)
-        causal = torch.ones((width, width), dtype=torch.bool, device=self.device).tril()
+        prefix_mask = suffix_mask.new_zeros((rows, held))
+        for row, (prefix, n) in enumerate(zip(prefixes, prefix_lens, strict=True)):
+            if n:
+                cache.put(row, prefix, held)
+                prefix_mask[row, held - n:] = 1
+        cache.length = held
+        mask = torch.cat([prefix_mask, suffix_mask], dim=1)
+        causal = torch.ones((width, held + width), dtype=torch.bool, device=self.device).tril(held)
         allowed = mask.bool()[:, None, None, :] & causal  # a padding query sees nothing: SDPA gives it zeros
-        return self._forward(ids, positions, allowed, cache), cache
+        logits = self._forward(ids, positions_of(mask)[:, held:], allowed, cache)
+        return logits.float(), Batch(cache, mask)
+
+    def _prefix(self, tokens: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Keys and values of ``tokens`` as a sequence's start, per layer: from the cache, or computed and kept."""
+        if not tokens:
+            return None
+        key = tuple(tokens)
+        if key in self._prefixes:
+            self._prefixes.move_to_end(key)
+            return self._prefixes[key]
+        n = len(tokens)
+        cache = KVCache(len(self.layers), 1, self.kv_heads, self.head_dim, n, self.embed)
+        allowed = torch.ones((n, n), dtype=torch.bool, device=self.device).tril()
+        self._forward(torch.tensor([tokens], device=self.device), torch.arange(n, device=self.device)[None],
+                      allowed, cache)
+        entry = [(k[:, :, :n].clone(), v[:, :, :n].clone()) for k, v in zip(cache.keys, cache.values, strict=True)]
+        self._prefixes[key] = entry
+        if len(self._prefixes) > PREFIX_CACHE_SIZE:
+            self._prefixes.popitem(last=False)
+        return entry
 
     def _decode(self, ids, mask, positions, cache):
         return self._forward(ids, positions, mask.bool()[:, None, None, :], cache), cache

@@ -55,6 +55,7 @@ class _Row:
 
     gen: Generation
     prompt_ids: list[int]
+    prefix_len: int = 0  # leading prompt tokens that render the system message (see _system_prefix_len)
     matcher: object | None = None
     token_ids: list[int] = field(default_factory=list)
     emitted: int = 0  # characters of text already pushed to the caller
@@ -159,11 +160,7 @@ class LocalEngine:
         """Queue a request. Tokenizing and grammar compilation happen here, in the caller's thread."""
         if not self.ready:
             raise EngineNotReady(self.status, retry_after=5)
-        prompt_ids = self.tokenizer.apply_chat_template(
-            request.messages, add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-        if hasattr(prompt_ids, "input_ids"):
-            prompt_ids = prompt_ids["input_ids"]
+        prompt_ids = self._tokens(request.messages, generation_prompt=True)
         if len(prompt_ids) + request.max_new_tokens > self.max_positions:
             raise PromptTooLong(
                 f"prompt of {len(prompt_ids)} tokens plus max_new_tokens {request.max_new_tokens} exceeds the "
@@ -174,10 +171,27 @@ class LocalEngine:
             matcher = self.grammars.matcher(self.grammars.compile(request.constraint))
         gen = Generation(request)
         try:
-            self._queue.put_nowait(_Row(gen, list(prompt_ids), matcher))
+            self._queue.put_nowait(_Row(gen, prompt_ids, self._system_prefix_len(request.messages, prompt_ids),
+                                        matcher))
         except queue.Full:
             raise EngineOverloaded(f"{self._queue.maxsize} requests are already waiting", retry_after=2) from None
         return gen
+
+    def _system_prefix_len(self, messages: list[dict], prompt_ids: list[int]) -> int:
+        """How many leading prompt tokens render the system message alone, or 0.
+
+        Every request to an expert starts with its persona, so the decoder can keep those tokens computed. The count
+        is used only where the system message renders as a true token prefix of the whole prompt."""
+        if not messages or messages[0]["role"] != "system":
+            return 0
+        head = self._tokens(messages[:1], generation_prompt=False)
+        fits = len(head) < len(prompt_ids) and prompt_ids[: len(head)] == head
+        return len(head) if fits else 0
+
+    def _tokens(self, messages: list[dict], generation_prompt: bool) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True,
+                                                 return_dict=False)
+        return list(ids["input_ids"] if hasattr(ids, "input_ids") else ids)
 
     # ---- scheduler thread ---------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -198,7 +212,8 @@ class LocalEngine:
             try:
                 with torch.inference_mode():
                     if new:
-                        logits, new_batch = self.decoder.prefill([r.prompt_ids for r in new], self.pad_id)
+                        logits, new_batch = self.decoder.prefill([r.prompt_ids for r in new], self.pad_id,
+                                                                 [r.prefix_len for r in new])
                         self._sample_and_advance(new, logits)
                         new_next = self._last_tokens(new)
                         if rows:

@@ -16,8 +16,10 @@ QUESTIONS = ["What is a neural network?", "Explain the GDPR right to erasure.", 
              "How does TCP work?", "Who wrote Hamlet?", "What is liability?"]
 
 
-def ask(question: str, **kw) -> GenerationRequest:
-    return GenerationRequest(messages=[{"role": "user", "content": question}], max_new_tokens=kw.pop("n", 24), **kw)
+def ask(question: str, system: str | None = None, **kw) -> GenerationRequest:
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": question})
+    return GenerationRequest(messages=messages, max_new_tokens=kw.pop("n", 24), **kw)
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +42,18 @@ def test_batched_greedy_answers_equal_answers_decoded_alone(engine):
 
 
 def test_the_lean_decoder_answers_as_the_transformers_forward_does(engine):
+    """Also with a system prompt, whose keys and values the lean decoder computes once and reuses."""
     assert type(engine.decoder).__name__ == "LlamaDecoder"
+    requests = [ask(q, n=40, system="You are a careful expert. Answer briefly." if i % 2 else None)
+                for i, q in enumerate(QUESTIONS[:4])]
     reference = LocalEngine(cache_dir=MODEL_CACHE, decoder="transformers").start()
     try:
         assert reference.wait_ready(600), reference.status
-        expected = [g.result().text for g in [reference.submit(ask(q, n=40)) for q in QUESTIONS[:4]]]
+        expected = [g.result().text for g in [reference.submit(r) for r in requests]]
     finally:
         reference.stop()
-    assert [g.result().text for g in [engine.submit(ask(q, n=40)) for q in QUESTIONS[:4]]] == expected
+    for _ in range(2):  # the second time the system prompt comes from the prefix cache
+        assert [g.result().text for g in [engine.submit(r) for r in requests]] == expected
 
 
 def test_stop_strings_and_grammars_hold_per_row_in_one_batch(engine):

@@ -58,6 +58,24 @@ def test_lean_decoder_matches_the_transformers_forward(dtype):
         assert torch.allclose(got, ref, atol=tolerance, rtol=0), (got - ref).abs().max()
 
 
+def test_a_cached_prefix_gives_what_prefilling_the_whole_prompt_gives():
+    model = tiny()
+    system, other = list(range(30, 42)), [70, 71, 72, 73, 74]
+    prompts = [system + [5, 6, 7], system + [8], [9, 10, 11, 12], other + [13, 14]]
+    lens = [len(system), len(system), 0, len(other)]
+    lean = LlamaDecoder(model)
+    feed = [[20, 21, 22, 23], [24, 25, 26, 27]]
+    with torch.inference_mode():
+        expected, whole = TransformersDecoder(model).prefill(prompts, PAD)
+        expected_steps = [TransformersDecoder(model).decode(whole, torch.tensor(t)[:, None]) for t in feed]
+        for _ in range(2):  # the first pass computes both prefixes, the second finds them cached
+            got, batch = lean.prefill(prompts, PAD, lens)
+            assert torch.allclose(got, expected, atol=1e-4, rtol=0)
+            for tokens, want in zip(feed, expected_steps, strict=True):
+                assert torch.allclose(lean.decode(batch, torch.tensor(tokens)[:, None]), want, atol=1e-4, rtol=0)
+    assert len(lean._prefixes) == 2
+
+
 def test_select_drops_the_columns_that_only_padded_the_rows_that_left():
     decoder = LlamaDecoder(tiny())
     with torch.inference_mode():
