@@ -24,10 +24,10 @@ RUN useradd --create-home --uid 1000 conclave && mkdir -p /data && chown conclav
 WORKDIR /app
 
 # Dependencies first, in their own layers, so code changes do not reinstall torch.
-COPY requirements.txt requirements-models.txt ./
+COPY requirements.txt requirements-nodeps.txt ./
 RUN pip install ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} "$TORCH_SPEC" \
  && pip install -r requirements.txt \
- && pip install --no-deps -r requirements-models.txt
+ && pip install --no-deps -r requirements-nodeps.txt
 
 COPY common ./common
 COPY agents ./agents

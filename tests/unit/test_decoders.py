@@ -25,14 +25,15 @@ def tiny(cls=LlamaForCausalLM, config=LlamaConfig, **kw):
 def run_script(decoder, feed: dict[str, list[list[int]]]) -> list[torch.Tensor]:
     """Prefill A, decode, prefill B and merge it in, decode, drop rows, decode; every step's logits.
 
-    Every decoder is fed the same tokens (``feed``: what the reference chose), so the logits are comparable."""
+    Some prompts mark a prefix (which the lean decoder caches, leaving padding mid-row). Every decoder is fed the same
+    tokens (``feed``), so the logits are comparable."""
     steps = []
     with torch.inference_mode():
-        logits, batch = decoder.prefill([[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]], PAD)
+        logits, batch = decoder.prefill([[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]], PAD, [3, 0, 2])
         steps.append(logits)
         for tokens in feed["a"]:
             steps.append(decoder.decode(batch, torch.tensor(tokens)[:, None]))
-        logits_b, batch_b = decoder.prefill([[20, 21, 22, 23, 24, 25, 26, 27], [30]], PAD)
+        logits_b, batch_b = decoder.prefill([[20, 21, 22, 23, 24, 25, 26, 27], [30]], PAD, [6, 0])
         steps.append(logits_b)
         batch = decoder.merge(batch, batch_b)
         for tokens in feed["merged"]:
