@@ -194,10 +194,7 @@ class LlamaDecoder(Decoder):
             self._prefixes.move_to_end(key)
             return self._prefixes[key]
         n = len(tokens)
-        cache = KVCache(len(self.layers), 1, self.kv_heads, self.head_dim, n, self.embed)
-        allowed = torch.ones((n, n), dtype=torch.bool, device=self.device).tril()
-        self._forward(torch.tensor([tokens], device=self.device), torch.arange(n, device=self.device)[None],
-                      allowed, cache)
+        cache = self.prefill([tokens], pad_id=0)[1].cache  # one row, so no padding
         entry = [(k[:, :, :n].clone(), v[:, :, :n].clone()) for k, v in zip(cache.keys, cache.values, strict=True)]
         self._prefixes[key] = entry
         if len(self._prefixes) > PREFIX_CACHE_SIZE:

@@ -206,7 +206,7 @@ class LocalEngine:
         log.info("engine ready: %s on %s (%s, %s)", self.model_name, self.device, self.dtype,
                  type(self.decoder).__name__)
         rows: list[_Row] = []
-        batch = next_tokens = None
+        batch = None
         while not self._stopping.is_set():
             new = self._admit(block=not rows, room=self.max_batch_size - len(rows))
             try:
@@ -215,16 +215,10 @@ class LocalEngine:
                         logits, new_batch = self.decoder.prefill([r.prompt_ids for r in new], self.pad_id,
                                                                  [r.prefix_len for r in new])
                         self._sample_and_advance(new, logits)
-                        new_next = self._last_tokens(new)
-                        if rows:
-                            batch = self.decoder.merge(batch, new_batch)
-                            next_tokens = torch.cat([next_tokens, new_next])
-                        else:
-                            batch, next_tokens = new_batch, new_next
+                        batch = self.decoder.merge(batch, new_batch) if rows else new_batch
                         rows = rows + new
                     elif rows:
-                        self._sample_and_advance(rows, self.decoder.decode(batch, next_tokens))
-                        next_tokens = self._last_tokens(rows)
+                        self._sample_and_advance(rows, self.decoder.decode(batch, self._last_tokens(rows)))
                     else:
                         continue
                     keep = [i for i, r in enumerate(rows) if not self._retire(r)]
@@ -232,9 +226,8 @@ class LocalEngine:
                         rows = [rows[i] for i in keep]
                         if rows:
                             batch = self.decoder.select(batch, keep)
-                            next_tokens = next_tokens[keep]
                         else:
-                            batch = next_tokens = None
+                            batch = None
                             _release_memory()
                     self.running_rows = len(rows)
             except Exception as exc:  # one bad step must not kill the scheduler; fail what was in flight
@@ -242,7 +235,7 @@ class LocalEngine:
                 for r in rows + new:
                     if not r.gen.done:
                         r.gen.fail(EngineError(f"generation failed: {type(exc).__name__}: {exc}"))
-                rows, batch, next_tokens = [], None, None
+                rows, batch = [], None
                 self.running_rows = 0
 
     def _admit(self, block: bool, room: int) -> list[_Row]:
