@@ -1,8 +1,9 @@
 """``make bench``: Conclave's figures, each measured side by side with its baseline in one run.
 
-Sections: expert throughput (batched engine vs the seed's generate()-per-request server at concurrency 1/4/16),
-single-request overhead (HTTP + scheduling vs a bare decode of the same tokens), memory (expert RSS idle and under
-load), dtype quality, /integrate panel wall time vs its experts' times, and routing accuracy on a labelled set.
+Sections: expert throughput (batched engine vs the seed's generate()-per-request server at concurrency 1/4/16,
+waves interleaved), single-request overhead (HTTP + scheduling vs a bare decode of the same tokens, alternated), memory
+(expert RSS idle and under load), dtype quality, /integrate panel wall time vs its experts' times, and routing accuracy
+on a labelled set.
 Prints a table and writes JSON under bench/results/.
 """
 
@@ -82,13 +83,10 @@ def load_wave(url: str, concurrency: int) -> dict:
             "p95_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 2)}
 
 
-# This VM's speed drifts by a third from run to run, so the short waves are repeated and their best kept: the same
-# for both servers. The concurrency-16 wave is long enough to average the drift out.
+# This VM's speed drifts by a third from minute to minute, so whatever is compared is measured interleaved: a
+# batched wave, then a naive wave, repeated, keeping each server's best. The concurrency-16 waves are long enough to
+# average the drift out.
 REPEATS = {1: 3, 4: 2, 16: 1}
-
-
-def best_wave(url: str, concurrency: int) -> dict:
-    return max((load_wave(url, concurrency) for _ in range(REPEATS[concurrency])), key=lambda w: w["tokens_per_s"])
 
 
 def throughput_and_memory(work: Path) -> dict:
@@ -99,16 +97,36 @@ def throughput_and_memory(work: Path) -> dict:
     try:
         load_wave(batched.url, 1), load_wave(naive.url, 1)  # warm-up: first calls pay one-time costs
         out["rss_idle_mb"] = round(rss_tree(batched.proc.pid) / 2**20)
-        for c in REPEATS:
-            with PeakRss(batched.proc.pid) as peak:
-                out["batched"].append(best_wave(batched.url, c))
-            out["rss_peak_mb"] = max(out.get("rss_peak_mb", 0), round(peak.peak / 2**20))
-            out["naive"].append(best_wave(naive.url, c))
-        out["single_http_s"] = [round(_timed_chat(batched.url), 3) for _ in range(3)]
+        with PeakRss(batched.proc.pid) as peak:
+            for c, repeats in REPEATS.items():
+                waves = [(load_wave(batched.url, c), load_wave(naive.url, c)) for _ in range(repeats)]
+                for side, i in (("batched", 0), ("naive", 1)):
+                    out[side].append(max((w[i] for w in waves), key=lambda w: w["tokens_per_s"]))
+        out["rss_peak_mb"] = round(peak.peak / 2**20)
     finally:
         batched.stop()
         naive.stop()
     return out
+
+
+def single_request(work: Path, messages: list[dict], rounds: int = 5) -> dict:
+    """HTTP + engine against a bare decode of the same tokens by the engine's own decoder and dtype, alternated
+    round by round in this one window so both see the same machine."""
+    server = expert("ai_expert", work / "single").start()
+    model, tokenizer, _ = load_model("embedded", dtype="auto", cache_dir=MODEL_CACHE)
+    decoder = make_decoder(model)
+    prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+    try:
+        _timed_chat(server.url), bare_decode(decoder, prompt_ids, 4)  # warm-up
+        http, bare = [], []
+        for _ in range(rounds):
+            http.append(round(_timed_chat(server.url), 3))
+            bare.append(round(bare_decode(decoder, prompt_ids, NEW_TOKENS), 3))
+    finally:
+        server.stop()
+    return {"dtype": str(model.dtype).removeprefix("torch."), "decoder": type(decoder).__name__,
+            "http_s": http, "bare_decode_s": bare,
+            "overhead_median": round(statistics.median(h / b for h, b in zip(http, bare, strict=True)) - 1, 3)}
 
 
 def _timed_chat(url: str) -> float:
@@ -131,7 +149,7 @@ def bare_decode(decoder, prompt_ids: list[int], new_tokens: int) -> float:
 def in_process(messages: list[dict]) -> dict:
     """Bare decodes by dtype and decoder, generate() in float32, and greedy answers in both dtypes side by side."""
     chosen = str(pick_dtype("auto", "cpu")).removeprefix("torch.")
-    out: dict = {"engine_dtype": chosen, "bare_decode_s": {}, "samples": []}
+    out: dict = {"bare_decode_s": {}, "samples": []}
     models = {}
     for dtype in sorted({chosen, "float32", "bfloat16"}):
         model, tokenizer, _ = load_model("embedded", dtype=dtype, cache_dir=MODEL_CACHE)
@@ -139,8 +157,6 @@ def in_process(messages: list[dict]) -> dict:
         prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
         for kind in ("auto", "transformers"):
             decoder = make_decoder(model, kind)
-            if dtype == chosen and kind == "auto":
-                out["engine_decoder"] = type(decoder).__name__
             bare_decode(decoder, prompt_ids, 4)  # warm-up
             out["bare_decode_s"][f"{dtype} {type(decoder).__name__}"] = round(
                 min(bare_decode(decoder, prompt_ids, NEW_TOKENS) for _ in range(5)), 3)
@@ -231,19 +247,19 @@ def routing() -> dict:
 
 def report(results: dict) -> None:
     t = results["throughput"]
-    print("\n== Expert throughput: batched engine vs generate() per request (64 tokens each; best of "
+    print("\n== Expert throughput: batched engine vs generate() per request (64 tokens each; interleaved, best of "
           f"{', '.join(f'{n} at c{c}' for c, n in REPEATS.items())} waves) ==")
     print(f"{'conc':>4} | {'batched tok/s':>13} {'p50 s':>6} {'p95 s':>6} | {'naive tok/s':>11} {'p50 s':>6} "
           f"{'p95 s':>6} | ratio")
     for b, n in zip(t["batched"], t["naive"], strict=True):
         print(f"{b['concurrency']:>4} | {b['tokens_per_s']:>13} {b['p50_s']:>6} {b['p95_s']:>6} | "
               f"{n['tokens_per_s']:>11} {n['p50_s']:>6} {n['p95_s']:>6} | {b['tokens_per_s'] / n['tokens_per_s']:.2f}x")
+    one = results["single_request"]
     p = results["in_process"]
-    engine_decode = p["bare_decode_s"][f"{p['engine_dtype']} {p['engine_decoder']}"]
-    http = min(t["single_http_s"])
-    print(f"\n== Single request, {NEW_TOKENS} tokens ({p['engine_dtype']}, {p['engine_decoder']}) ==")
-    print(f"HTTP + engine: {http:.3f} s | bare decode, same dtype and decoder: {engine_decode:.3f} s | "
-          f"overhead {100 * (http / engine_decode - 1):+.1f}% | model.generate() float32: "
+    print(f"\n== Single request, {NEW_TOKENS} tokens ({one['dtype']}, {one['decoder']}), HTTP + engine and a bare "
+          f"decode alternated {len(one['http_s'])} times ==")
+    print(f"HTTP + engine: best {min(one['http_s']):.3f} s | bare decode: best {min(one['bare_decode_s']):.3f} s | "
+          f"overhead, median of pairs {100 * one['overhead_median']:+.1f}% | model.generate() float32: "
           f"{p['generate_float32_s']:.3f} s | naive server: {t['naive'][0]['p50_s']} s")
     for name, s in p["bare_decode_s"].items():
         print(f"bare decode {name}: {NEW_TOKENS / s:.1f} tok/s")
@@ -275,6 +291,7 @@ def main() -> None:
         work = Path(tmp)
         results = {
             "throughput": throughput_and_memory(work),
+            "single_request": single_request(work, messages),
             "in_process": in_process(messages),
             "panel": panel(work),
             "routing": routing(),

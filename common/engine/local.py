@@ -58,8 +58,9 @@ class _Row:
     prefix_len: int = 0  # leading prompt tokens that render the system message (see _system_prefix_len)
     matcher: object | None = None
     token_ids: list[int] = field(default_factory=list)
+    text: str = ""  # the answer so far, detokenized incrementally
+    window: tuple[int, int] = (0, 0)  # (start, end) of the tokens whose text last went into ``text``
     emitted: int = 0  # characters of text already pushed to the caller
-    text: str = ""
     finish_reason: str | None = None
     error: EngineError | None = None  # this row failed alone; the rest of the batch goes on
 
@@ -299,7 +300,8 @@ class LocalEngine:
 
     def _stream(self, r: _Row) -> None:
         """Push the row's newly safe text: nothing that may still turn out to begin a stop string."""
-        text = self.tokenizer.decode(r.token_ids, skip_special_tokens=True)
+        piece, r.window = detokenize_step(self.tokenizer, r.token_ids, r.window, final=r.finish_reason is not None)
+        text = r.text + piece
         stops = r.gen.request.stop
         for s in stops:
             at = text.find(s)
@@ -307,7 +309,6 @@ class LocalEngine:
                 text = text[:at]
                 r.finish_reason = "stop"
         if r.finish_reason is None:
-            text = text.rstrip("\ufffd")  # half of a multi-byte character
             held = max((_overlap(text, s) for s in stops), default=0)
             safe = text[: len(text) - held].rstrip()  # trailing space may be the last thing before the end
         else:
@@ -358,6 +359,22 @@ def _as_list(value) -> list:
     if value is None:
         return []
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def detokenize_step(tokenizer, ids: list[int], window: tuple[int, int], final: bool) -> tuple[str, tuple[int, int]]:
+    """The text that ``ids[window[1]:]`` add to an answer, and the window to pass next time.
+
+    Re-decoding a whole answer at every step costs time quadratic in its length (0.24 ms for 500 tokens here, per
+    row and step), so only a window is decoded: the tokens last added plus the new ones, whose text is the
+    difference. Context matters to some tokenizers (leading spaces), and a window ending inside a multi-byte
+    character waits for the next token unless the answer is ``final``.
+    """
+    start, end = window
+    before = tokenizer.decode(ids[start:end], skip_special_tokens=True)
+    after = tokenizer.decode(ids[start:], skip_special_tokens=True)
+    if len(after) <= len(before) or (after.endswith("\ufffd") and not final):
+        return "", window
+    return after[len(before):], (end, len(ids))
 
 
 def _overlap(text: str, stop: str) -> int:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from common.engine.local import LocalEngine
+from common.engine.local import LocalEngine, detokenize_step
 from common.engine.types import Constraint, EngineOverloaded, GenerationCancelled, GenerationRequest, GenerationTimeout
 from tests.services import MODEL_CACHE
 
@@ -73,6 +73,22 @@ def test_stop_strings_and_grammars_hold_per_row_in_one_batch(engine):
 def test_streamed_deltas_add_up_to_the_result(engine):
     gen = engine.submit(ask("What is encryption?", n=30))
     assert "".join(gen) == gen.result().text
+
+
+@pytest.mark.parametrize("text", [
+    "Plain words, then  double  spaces and a tab\there.",
+    "Accents: déjà vu, naïve façade; Ünïcödé.",
+    "Emoji 🎉🤖 and CJK 机器学习 and Cyrillic Привет.",
+    "def f(x):\n    return {'a': [1, 2]}  # code\n\n",
+])
+def test_incremental_detokenizing_adds_up_to_decoding_the_whole_answer(engine, text):
+    ids = engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+    pieces, window = [], (0, 0)
+    for n in range(1, len(ids) + 1):
+        piece, window = detokenize_step(engine.tokenizer, ids[:n], window, final=n == len(ids))
+        pieces.append(piece)
+    assert not any("\ufffd" in p for p in pieces)  # never half a character
+    assert "".join(pieces) == engine.tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def test_cancellation_and_timeouts_free_their_rows_and_spare_the_rest(engine):
