@@ -17,7 +17,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psutil
 import requests
 import torch
 import yaml
@@ -36,21 +35,16 @@ PROMPTS = [
 ]
 
 
-def rss_tree(pid: int) -> int:
-    proc = psutil.Process(pid)
-    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
-
-
 class PeakRss:
-    """Samples a process tree's RSS every 50 ms in the background; ``peak`` is the highest seen."""
+    """Samples a service's RSS every 50 ms in the background; ``peak`` is the highest seen, in MB."""
 
-    def __init__(self, pid: int):
-        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+    def __init__(self, service: Service):
+        self.service, self.peak, self._stop = service, 0.0, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, rss_tree(self.pid))
+            self.peak = max(self.peak, self.service.rss_mb())
             time.sleep(0.05)
 
     def __enter__(self) -> PeakRss:
@@ -96,13 +90,13 @@ def throughput_and_memory(work: Path) -> dict:
     out: dict = {"batched": [], "naive": []}
     try:
         load_wave(batched.url, 1), load_wave(naive.url, 1)  # warm-up: first calls pay one-time costs
-        out["rss_idle_mb"] = round(rss_tree(batched.proc.pid) / 2**20)
-        with PeakRss(batched.proc.pid) as peak:
+        out["rss_idle_mb"] = round(batched.rss_mb())
+        with PeakRss(batched) as peak:
             for c, repeats in REPEATS.items():
                 waves = [(load_wave(batched.url, c), load_wave(naive.url, c)) for _ in range(repeats)]
                 for side, i in (("batched", 0), ("naive", 1)):
                     out[side].append(max((w[i] for w in waves), key=lambda w: w["tokens_per_s"]))
-        out["rss_peak_mb"] = round(peak.peak / 2**20)
+        out["rss_peak_mb"] = round(peak.peak)
     finally:
         batched.stop()
         naive.stop()
@@ -115,7 +109,7 @@ def single_request(work: Path, messages: list[dict], rounds: int = 5) -> dict:
     server = expert("ai_expert", work / "single").start()
     model, tokenizer, _ = load_model("embedded", dtype="auto", cache_dir=MODEL_CACHE)
     decoder = make_decoder(model)
-    prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+    prompt_ids = prompt_ids_of(tokenizer, messages)
     try:
         _timed_chat(server.url), bare_decode(decoder, prompt_ids, 4)  # warm-up
         http, bare = [], []
@@ -136,6 +130,10 @@ def _timed_chat(url: str) -> float:
     return time.perf_counter() - started
 
 
+def prompt_ids_of(tokenizer, messages: list[dict]) -> list[int]:
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+
+
 def bare_decode(decoder, prompt_ids: list[int], new_tokens: int) -> float:
     """A bare greedy decode of exactly ``new_tokens`` tokens: no server, no scheduler, no sampling, no detokenizing."""
     started = time.perf_counter()
@@ -154,7 +152,7 @@ def in_process(messages: list[dict]) -> dict:
     for dtype in sorted({chosen, "float32", "bfloat16"}):
         model, tokenizer, _ = load_model("embedded", dtype=dtype, cache_dir=MODEL_CACHE)
         models[dtype] = model
-        prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+        prompt_ids = prompt_ids_of(tokenizer, messages)
         for kind in ("auto", "transformers"):
             decoder = make_decoder(model, kind)
             bare_decode(decoder, prompt_ids, 4)  # warm-up

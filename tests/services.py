@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +66,11 @@ class Service:
                 pass
             time.sleep(0.3)
         raise TimeoutError(f"{self.module} not {what} after {timeout}s: {self.log_tail()}")
+
+    def rss_mb(self) -> float:
+        """Resident memory of the service's whole process tree: gunicorn's master and the worker holding the model."""
+        proc = psutil.Process(self.proc.pid)
+        return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
 
     def log_tail(self, n: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""

@@ -10,7 +10,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psutil
 import pytest
 import requests
 
@@ -18,12 +17,6 @@ from tests.services import expert, orchestrator_service
 
 pytestmark = pytest.mark.soak
 LIMIT_S = 900  # no request may take longer than this
-
-
-def rss_mb(service) -> float:
-    """The service's whole process tree: gunicorn's master and the worker that holds the model."""
-    proc = psutil.Process(service.proc.pid)
-    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
 
 
 def timed_post(url: str, body: dict) -> tuple[int, float, dict, str]:
@@ -70,11 +63,11 @@ def wave(name: str, url: str, bodies: list[dict], record) -> list[str]:
 def test_64_concurrent_chats_against_one_expert(stack, soak_record, soak_note):
     ai = stack["ai"]
     timed_post(f"{ai.url}/chat", {"intent": "warm up", "max_new_tokens": 8})  # idle means loaded and warmed up
-    idle = rss_mb(ai)
+    idle = ai.rss_mb()
     bodies = [{"intent": f"Question {i}: what is machine learning?", "max_new_tokens": 32} for i in range(64)]
     errors = wave("64 x /chat (one expert)", f"{ai.url}/chat", bodies, soak_record)
     time.sleep(2)
-    after = rss_mb(ai)
+    after = ai.rss_mb()
     soak_note("64 x /chat (one expert)", f"RSS idle {idle:.0f} MB, after {after:.0f} MB")
     assert requests.get(f"{ai.url}/health", timeout=10).status_code == 200
     assert not errors, errors
@@ -83,11 +76,11 @@ def test_64_concurrent_chats_against_one_expert(stack, soak_record, soak_note):
 
 def test_12_concurrent_integrations(stack, soak_record, soak_note):
     orch = stack["orchestrator"]
-    idle = rss_mb(orch)
+    idle = orch.rss_mb()
     tasks = [{"task": f"Task {i}: how should AI systems protect personal data?",
               "strategy": "panel" if i % 2 else "react"} for i in range(12)]
     errors = wave("12 x /integrate", f"{orch.url}/integrate", tasks, soak_record)
-    soak_note("12 x /integrate", f"orchestrator RSS idle {idle:.0f} MB, after {rss_mb(orch):.0f} MB")
+    soak_note("12 x /integrate", f"orchestrator RSS idle {idle:.0f} MB, after {orch.rss_mb():.0f} MB")
     assert not errors, errors
 
 
