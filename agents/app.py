@@ -63,7 +63,7 @@ def create_app(settings: AgentSettings | None = None, engine=None) -> Flask:
     @app.get("/ready")
     def ready():
         require_ready()
-        return {"status": "ready", "persona": persona.id, "model": service.model_name}
+        return {"status": "ready", "persona": persona.id, "model": service.model_name, **engine.runtime}
 
     def generate(model, stream_events, answer):
         """Validate, then answer whole or as server-sent events; a client that leaves cancels its generation."""

@@ -2,8 +2,8 @@
 
 Sections: expert throughput (batched engine vs the seed's generate()-per-request server at concurrency 1/4/16,
 waves interleaved), single-request overhead (HTTP + scheduling vs a bare decode of the same tokens, alternated), memory
-(expert RSS idle and under load), dtype quality, /integrate panel wall time vs its experts' times, and routing accuracy
-on a labelled set.
+(expert RSS idle and under load), dtype quality, what reproducible greedy answers (float32) cost against bfloat16,
+/integrate panel wall time vs its experts' times, and routing accuracy on a labelled set.
 Prints a table and writes JSON under bench/results/.
 """
 
@@ -23,7 +23,7 @@ import yaml
 
 from agents.personas import get_persona
 from common.engine.decoding import make_decoder
-from common.engine.loading import load_model, pick_dtype
+from common.engine.loading import cpu_has_native_bf16, load_model, pick_dtype
 from tests.services import MODEL_CACHE, Service, expert, free_port, orchestrator_service
 
 HERE = Path(__file__).parent
@@ -176,6 +176,39 @@ def in_process(messages: list[dict]) -> dict:
     return out
 
 
+def dtypes_under_load(rounds: int = 2) -> dict:
+    """What ``DTYPE=float32`` costs and buys against bfloat16: greedy answers to PROMPTS decoded one at a time and all
+    at once (how many come out identical), and tokens/s of each, the dtypes interleaved round by round."""
+    from common.engine.local import LocalEngine
+    from common.engine.types import GenerationRequest
+
+    engines = {d: LocalEngine(dtype=d, cache_dir=MODEL_CACHE).start() for d in ("float32", "bfloat16")}
+    out: dict = {}
+    try:
+        for engine in engines.values():
+            engine.wait_ready()
+        for _ in range(rounds):
+            for dtype, engine in engines.items():
+                requests_ = [GenerationRequest(messages=[{"role": "user", "content": q}], max_new_tokens=NEW_TOKENS)
+                             for q in PROMPTS]
+                started = time.perf_counter()
+                alone = [engine.submit(r).result() for r in requests_]
+                alone_s = time.perf_counter() - started
+                started = time.perf_counter()
+                together = [g.result() for g in [engine.submit(r) for r in requests_]]
+                together_s = time.perf_counter() - started
+                row = out.setdefault(dtype, {"identical": 0, "alone_tok_s": 0.0, f"c{len(PROMPTS)}_tok_s": 0.0})
+                row["identical"] = sum(a.text == b.text for a, b in zip(alone, together, strict=True))
+                row["alone_tok_s"] = max(row["alone_tok_s"],
+                                         round(sum(r.completion_tokens for r in alone) / alone_s, 1))
+                row[f"c{len(PROMPTS)}_tok_s"] = max(row[f"c{len(PROMPTS)}_tok_s"],
+                                                    round(sum(r.completion_tokens for r in together) / together_s, 1))
+    finally:
+        for engine in engines.values():
+            engine.stop()
+    return {"prompts": len(PROMPTS), "native_bf16": cpu_has_native_bf16(), "by_dtype": out}
+
+
 def panel(work: Path) -> dict:
     ai = expert("ai_expert", work / "p-ai").start()
     law = expert("law_expert", work / "p-law").start()
@@ -269,6 +302,12 @@ def report(results: dict) -> None:
         for dtype, text in row.items():
             if dtype != "prompt":
                 print(f"    {dtype:>9}: {text[:110]!r}")
+    d = results["dtypes"]
+    print(f"\n== Reproducible greedy answers: {d['prompts']} prompts decoded alone, then all at once (CPU with native "
+          f"bfloat16: {d['native_bf16']}; interleaved, best of each) ==")
+    for dtype, row in d["by_dtype"].items():
+        rates = " | ".join(f"{k.removesuffix('_tok_s')} {v} tok/s" for k, v in row.items() if k.endswith("_tok_s"))
+        print(f"{dtype:>9}: identical alone and batched {row['identical']}/{d['prompts']} | {rates}")
     print("\n== /integrate panel: wall time vs its experts ==")
     for r in results["panel"]["runs"]:
         print(f"wall {r['wall_s']} s | experts {r['expert_s']} (sum {r['sum_experts_s']}) | merge {r['merge_s']} s | "
@@ -291,6 +330,7 @@ def main() -> None:
             "throughput": throughput_and_memory(work),
             "single_request": single_request(work, messages),
             "in_process": in_process(messages),
+            "dtypes": dtypes_under_load(),
             "panel": panel(work),
             "routing": routing(),
         }

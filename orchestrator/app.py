@@ -54,7 +54,7 @@ def create_app(settings: OrchestratorSettings | None = None, llm=None, experts: 
     def ready():
         ok, detail = service.readiness()
         if ok:
-            return {"status": "ready", **detail}
+            return {"status": "ready", **detail, **engine.runtime}
         resp = error_response(503, f"not ready: llm {detail['llm']}; experts missing: "
                               f"{', '.join(detail['experts_missing']) or 'none'}", "service_unavailable", "not_ready",
                               retry_after=5)

@@ -15,6 +15,7 @@ class FakeEngine:
     model_spec = "fake"
     running_rows = 0
     waiting = 0
+    runtime = {"dtype": "fake"}
 
     def __init__(self, answer="Hello from the fake engine.", ready: bool = True, error: EngineError | None = None,
                  delay_s: float = 0.0):

@@ -106,6 +106,34 @@ class TransformersDecoder(Decoder):
         return cache
 
 
+def teacher_forced(decoder: Decoder, prompts: list[list[int]], continuations: list[list[int]], pad_id: int,
+                   together: bool = True) -> tuple[list[list[int]], list[torch.Tensor]]:
+    """Feed each prompt's given continuation token by token, whatever the model would have chosen.
+
+    Returns, per row, the model's top-1 prediction at each position of its continuation and the log-probability it
+    gave the continuation's own token there: what a dtype or a batch shape changes is measured on identical inputs,
+    where free greedy answers would drift apart after their first difference. ``together`` decodes every row in one
+    batch (as the engine does under load); otherwise each row alone.
+    """
+    if not together:
+        rows = [teacher_forced(decoder, [p], [c], pad_id) for p, c in zip(prompts, continuations, strict=True)]
+        return [r[0][0] for r in rows], [r[1][0] for r in rows]
+    top1: list[list[int]] = [[] for _ in prompts]
+    logprobs: list[list[float]] = [[] for _ in prompts]
+    with torch.inference_mode():
+        logits, batch = decoder.prefill(prompts, pad_id)
+        for step in range(max(len(c) for c in continuations)):
+            scores = torch.log_softmax(logits, dim=-1)
+            for row, continuation in enumerate(continuations):
+                if step < len(continuation):
+                    top1[row].append(int(scores[row].argmax()))
+                    logprobs[row].append(float(scores[row, continuation[step]]))
+            if step + 1 < max(len(c) for c in continuations):
+                feed = [[c[step] if step < len(c) else pad_id] for c in continuations]
+                logits = decoder.decode(batch, torch.tensor(feed, device=decoder.device))
+    return top1, [torch.tensor(lp) for lp in logprobs]
+
+
 def left_padded(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and attention mask [rows, longest], each sequence right-aligned after padding."""
     width = max(len(s) for s in seqs)

@@ -136,6 +136,15 @@ class LocalEngine:
     def waiting(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def runtime(self) -> dict[str, str]:
+        """Where and how the model runs, for /ready: in bfloat16 a greedy answer may change with the batch around it
+        (README, "Dtypes and reproducible answers"), so operators need to see which one they got."""
+        if not self.ready:
+            return {}
+        return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
+                "decoder": type(self.decoder).__name__}
+
     def _load(self) -> None:
         model, tokenizer, source = self._loader(*self._load_args)
         self.tokenizer, self.model_name = tokenizer, source.name

@@ -53,6 +53,10 @@ class RemoteEngine:
         return self.ready
 
     @property
+    def runtime(self) -> dict[str, str]:
+        return {"remote": self.base_url}
+
+    @property
     def ready(self) -> bool:
         """Ready when the server lists its models; the first listed model is used unless one was configured."""
         try:

@@ -1,4 +1,11 @@
-"""The batched engine on the embedded model, in-process: batching must not change answers, and rows are independent."""
+"""The batched engine on the embedded model, in-process: batching must not change answers, and rows are independent.
+
+Which invariant holds depends on the dtype. In float32 a greedy answer is bit-for-bit the same decoded alone or in any
+batch: the exactness tests run there, explicitly. In bfloat16 (what ``DTYPE=auto`` picks on CPUs with AVX512-BF16)
+the matrix kernels round differently for different batch shapes, so a greedy answer may change with the load; what
+holds there is closeness, measured on identical inputs (teacher forcing) against float32 and against rows decoded
+alone. Every behavioural test runs in both dtypes, on any CPU: one without native bfloat16 is slower, not wrong.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +14,29 @@ import time
 
 import pytest
 
+from common.engine.decoding import make_decoder, teacher_forced
+from common.engine.loading import load_model
 from common.engine.local import LocalEngine, detokenize_step
 from common.engine.types import Constraint, EngineOverloaded, GenerationCancelled, GenerationRequest, GenerationTimeout
 from tests.services import MODEL_CACHE
 
 pytestmark = pytest.mark.integration
+DTYPES = ["float32", "bfloat16"]
 QUESTIONS = ["What is a neural network?", "Explain the GDPR right to erasure.", "What is a contract?",
              "How does TCP work?", "Who wrote Hamlet?", "What is liability?"]
+# Answers to teacher-force: varied text (law, ML, code, Chinese) the model did not write itself.
+FORCED = [
+    ("What does the GDPR require?", "The General Data Protection Regulation sets rules for how organisations process "
+     "personal data. Controllers must have a lawful basis, such as consent or a contract, and must tell people what "
+     "they do with their data."),
+    ("Explain gradient descent.", "Gradient descent updates a model's parameters in the direction that reduces the "
+     "loss. The learning rate sets the step size: too large and training diverges, too small and it crawls."),
+    ("Write a Fibonacci function.", "def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, "
+     "a + b\n    return a\n"),
+    ("什么是机器学习？", "机器学习是人工智能的一个分支，它让计算机从数据中学习规律，而不是依靠明确编写的规则。"),
+    ("What is a contract?", "A contract is a legally binding agreement between two or more parties. It requires an "
+     "offer, acceptance, consideration and the intention to create legal relations."),
+]
 
 
 def ask(question: str, system: str | None = None, **kw) -> GenerationRequest:
@@ -23,37 +46,111 @@ def ask(question: str, system: str | None = None, **kw) -> GenerationRequest:
 
 
 @pytest.fixture(scope="module")
-def engine():
-    engine = LocalEngine(cache_dir=MODEL_CACHE, max_batch_size=8, max_queue=8).start()
-    assert engine.wait_ready(600), engine.status
-    yield engine
-    engine.stop()
+def engines():
+    """One engine per dtype, started on first use and shared by the module's tests."""
+    started: dict[str, LocalEngine] = {}
+
+    def get(dtype: str) -> LocalEngine:
+        if dtype not in started:
+            started[dtype] = LocalEngine(dtype=dtype, cache_dir=MODEL_CACHE, max_batch_size=8, max_queue=8).start()
+            assert started[dtype].wait_ready(600), started[dtype].status
+        return started[dtype]
+
+    yield get
+    for engine in started.values():
+        engine.stop()
 
 
-def test_batched_greedy_answers_equal_answers_decoded_alone(engine):
-    alone = [engine.submit(ask(q)).result().text for q in QUESTIONS]
-    together = [g.result().text for g in [engine.submit(ask(q)) for q in QUESTIONS]]
+@pytest.fixture(params=DTYPES)
+def engine(request, engines) -> LocalEngine:
+    return engines(request.param)
+
+
+@pytest.fixture
+def exact(engines) -> LocalEngine:
+    """The float32 engine, where greedy answers do not depend on the batch."""
+    return engines("float32")
+
+
+@pytest.fixture(scope="module")
+def forced():
+    """The lean decoder in each dtype, and FORCED as (prompt ids, answer ids)."""
+    decoders, tokenizer = {}, None
+    for dtype in DTYPES:
+        model, tokenizer, _ = load_model("embedded", dtype=dtype, cache_dir=MODEL_CACHE)
+        decoders[dtype] = make_decoder(model)
+    prompts, answers = [], []
+    for question, answer in FORCED:
+        turn = [{"role": "user", "content": question}]
+        prompt = tokenizer.apply_chat_template(turn, add_generation_prompt=True, return_dict=True)["input_ids"]
+        prompts.append(list(prompt))
+        answers.append(tokenizer(answer, add_special_tokens=False)["input_ids"])
+    return decoders, prompts, answers, tokenizer.pad_token_id
+
+
+def test_batched_greedy_answers_equal_answers_decoded_alone(exact):
+    alone = [exact.submit(ask(q)).result().text for q in QUESTIONS]
+    together = [g.result().text for g in [exact.submit(ask(q)) for q in QUESTIONS]]
     assert together == alone
     staggered = []
     for q in QUESTIONS:  # each joins a batch already decoding: continuous batching
-        staggered.append(engine.submit(ask(q)))
+        staggered.append(exact.submit(ask(q)))
         time.sleep(0.15)
     assert [g.result().text for g in staggered] == alone
 
 
-def test_the_lean_decoder_answers_as_the_transformers_forward_does(engine):
+def test_the_lean_decoder_answers_as_the_transformers_forward_does(exact):
     """Also with a system prompt, whose keys and values the lean decoder computes once and reuses."""
-    assert type(engine.decoder).__name__ == "LlamaDecoder"
+    assert type(exact.decoder).__name__ == "LlamaDecoder"
     requests = [ask(q, n=40, system="You are a careful expert. Answer briefly." if i % 2 else None)
                 for i, q in enumerate(QUESTIONS[:4])]
-    reference = LocalEngine(cache_dir=MODEL_CACHE, decoder="transformers").start()
+    reference = LocalEngine(dtype="float32", cache_dir=MODEL_CACHE, decoder="transformers").start()
     try:
         assert reference.wait_ready(600), reference.status
         expected = [g.result().text for g in [reference.submit(r) for r in requests]]
     finally:
         reference.stop()
     for _ in range(2):  # the second time the system prompt comes from the prefix cache
-        assert [g.result().text for g in [engine.submit(r) for r in requests]] == expected
+        assert [g.result().text for g in [exact.submit(r) for r in requests]] == expected
+
+
+def _agreement(a: list[list[int]], b: list[list[int]]) -> float:
+    pairs = [(x, y) for row_a, row_b in zip(a, b, strict=True) for x, y in zip(row_a, row_b, strict=True)]
+    return sum(x == y for x, y in pairs) / len(pairs)
+
+
+def test_bfloat16_predicts_the_next_token_as_float32_does(forced):
+    """Teacher-forced over the same text, bfloat16's top-1 token matches float32's (measured on an AVX512-BF16 EPYC:
+    210 of 216 tokens, 97.2%), and the log-probabilities it gives the text stay close (measured: 0.013-0.039 nats
+    per token on average)."""
+    decoders, prompts, answers, pad = forced
+    top_f32, logp_f32 = teacher_forced(decoders["float32"], prompts, answers, pad)
+    top_bf16, logp_bf16 = teacher_forced(decoders["bfloat16"], prompts, answers, pad)
+    assert sum(map(len, answers)) >= 200
+    assert _agreement(top_bf16, top_f32) >= 0.95
+    drift = [float((a - b).abs().mean()) for a, b in zip(logp_bf16, logp_f32, strict=True)]
+    assert max(drift) < 0.15, drift  # mean |log p| difference per token, in nats
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_in_a_batch_score_the_text_as_rows_alone(forced, dtype):
+    """The bfloat16 batch effect is small where it is not zero: batched and alone rows agree on the next token almost
+    everywhere (measured: 211 of 216 tokens, 0.012-0.050 nats per token). In float32 they agree exactly."""
+    decoders, prompts, answers, pad = forced
+    top_batched, logp_batched = teacher_forced(decoders[dtype], prompts, answers, pad, together=True)
+    top_alone, logp_alone = teacher_forced(decoders[dtype], prompts, answers, pad, together=False)
+    if dtype == "float32":
+        assert top_batched == top_alone
+        assert all(float((a - b).abs().max()) < 1e-3 for a, b in zip(logp_batched, logp_alone, strict=True))
+    else:
+        assert _agreement(top_batched, top_alone) >= 0.95
+        assert all(float((a - b).abs().mean()) < 0.15 for a, b in zip(logp_batched, logp_alone, strict=True))
+
+
+def test_a_greedy_answer_repeats_at_the_same_load(engine):
+    """Whatever the dtype, the same request alone gives the same answer: only the batch around it can change it."""
+    first = [engine.submit(ask(q)).result().text for q in QUESTIONS[:3]]
+    assert [engine.submit(ask(q)).result().text for q in QUESTIONS[:3]] == first
 
 
 def test_stop_strings_and_grammars_hold_per_row_in_one_batch(engine):
@@ -81,7 +178,8 @@ def test_streamed_deltas_add_up_to_the_result(engine):
     "Emoji 🎉🤖 and CJK 机器学习 and Cyrillic Привет.",
     "def f(x):\n    return {'a': [1, 2]}  # code\n\n",
 ])
-def test_incremental_detokenizing_adds_up_to_decoding_the_whole_answer(engine, text):
+def test_incremental_detokenizing_adds_up_to_decoding_the_whole_answer(exact, text):
+    engine = exact  # only its tokenizer is used
     ids = engine.tokenizer(text, add_special_tokens=False)["input_ids"]
     pieces, window = [], (0, 0)
     for n in range(1, len(ids) + 1):
@@ -91,7 +189,8 @@ def test_incremental_detokenizing_adds_up_to_decoding_the_whole_answer(engine, t
     assert "".join(pieces) == engine.tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def test_cancellation_and_timeouts_free_their_rows_and_spare_the_rest(engine):
+def test_cancellation_and_timeouts_free_their_rows_and_spare_the_rest(exact):
+    engine = exact  # float32: the row that is spared must answer exactly as it does alone
     keep = engine.submit(ask(QUESTIONS[0]))
     cancelled = engine.submit(ask("Write a long story.", n=400, min_new_tokens=400))
     late = engine.submit(ask("Write a long essay.", n=400, min_new_tokens=400, timeout_s=1.0))

@@ -8,6 +8,7 @@ import re
 import pytest
 import requests
 
+from common.engine.loading import cpu_has_native_bf16
 from tests.services import expert
 
 pytestmark = pytest.mark.integration
@@ -29,6 +30,12 @@ def test_seed_curl_gets_a_coherent_persona_answer(law_expert):
     assert body["persona"] == "law_expert" and body["model"] == "SmolLM2-135M-Instruct"
     assert body["usage"]["completion_tokens"] <= 80 and body["usage"]["prompt_tokens"] > 20
     assert any(w in text.lower() for w in ("data", "gdpr", "right", "law", "personal"))
+
+
+def test_ready_names_the_dtype_this_cpu_gets(law_expert):
+    body = requests.get(f"{law_expert.url}/ready", timeout=10).json()
+    expected = "bfloat16" if cpu_has_native_bf16() else "float32"
+    assert (body["dtype"], body["device"], body["decoder"]) == (expected, "cpu", "LlamaDecoder")
 
 
 def test_streaming_chat_deltas_add_up_to_the_final_answer(law_expert):
