@@ -61,6 +61,8 @@ class ExpertService:
             top_p=req.top_p,
             repetition_penalty=req.repetition_penalty or self.settings.default_repetition_penalty,
             stop=req.stop,
+            loop_guard=req.loop_guard,
+            end_at_sentence=True,
         )
         return self._submit(completion)
 

@@ -3,7 +3,8 @@
 Sections: expert throughput (batched engine vs the seed's generate()-per-request server at concurrency 1/4/16,
 waves interleaved), single-request overhead (HTTP + scheduling vs a bare decode of the same tokens, alternated), memory
 (expert RSS idle and under load), dtype quality, what reproducible greedy answers (float32) cost against bfloat16,
-/integrate panel wall time vs its experts' times, and routing accuracy on a labelled set.
+/integrate panel wall time vs its experts' times, routing accuracy on a labelled set, and the quality of /integrate's
+answers on a dev set (bench/quality.py).
 Prints a table and writes JSON under bench/results/.
 """
 
@@ -22,6 +23,7 @@ import torch
 import yaml
 
 from agents.personas import get_persona
+from bench import quality
 from common.engine.decoding import make_decoder
 from common.engine.loading import cpu_has_native_bf16, load_model, pick_dtype
 from tests.services import MODEL_CACHE, Service, expert, free_port, orchestrator_service
@@ -240,6 +242,7 @@ def routing() -> dict:
     from common.engine.local import LocalEngine
     from common.engine.types import Constraint, GenerationRequest
     from common.protocol import AgentCard
+    from common.settings import OrchestratorSettings
     from orchestrator.experts import Expert
     from orchestrator.react import PROMPT, plan_routing, react_grammar
     from orchestrator.routing import Embedder, Router
@@ -253,7 +256,7 @@ def routing() -> dict:
     rows = []
     for item in tasks:
         ranking = router.rank(item["task"], experts)
-        policy = plan_routing(ranking, "ranking", 0.8, item["task"])
+        policy = plan_routing(ranking, "ranking", OrchestratorSettings().routing_ratio, item["task"])
         tools = [r.name for r in ranking]
         prompt = PROMPT.format(ranking=", ".join(f"{r.name} {r.score:.2f}" for r in ranking),
                                tools="\n".join(f"{e.name}: {e.description}" for e in experts),
@@ -313,6 +316,7 @@ def report(results: dict) -> None:
         print(f"wall {r['wall_s']} s | experts {r['expert_s']} (sum {r['sum_experts_s']}) | merge {r['merge_s']} s | "
               f"wall/(slowest+merge) {r['wall_over_slowest_plus_merge']} | wall/(sum+merge) "
               f"{r['wall_over_sum_plus_merge']}")
+    quality.report(results["quality"])
     r = results["routing"]
     print(f"\n== Routing on {r['tasks']} labelled tasks ==")
     print(f"semantic ranking picks a right expert first: {r['ranking_first_right']}/{r['tasks']} "
@@ -333,6 +337,7 @@ def main() -> None:
             "dtypes": dtypes_under_load(),
             "panel": panel(work),
             "routing": routing(),
+            "quality": quality.quality(work),
         }
     results["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     report(results)

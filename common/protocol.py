@@ -69,6 +69,8 @@ class ChatRequest(Lenient, SamplingFields):
     session_id: str | None = Field(None, min_length=1, max_length=128, pattern=ID_PATTERN)
     max_history_length: int | None = Field(None, ge=2, le=20, description="Past exchanges sent as context.")
     stream: bool = False
+    loop_guard: bool = Field(True, description="Stop the answer when it starts repeating itself (one copy of what "
+                             "repeats is kept). An answer cut by max_new_tokens always ends at a complete sentence.")
 
     @field_validator("intent")
     @classmethod
@@ -156,6 +158,10 @@ class ChatCompletionRequest(OpenAIModel, SamplingFields):
     n: int = Field(1, ge=1, le=1, description="Only one choice is generated.")
     structured_outputs: StructuredOutputs | None = None
     response_format: ResponseFormat | None = None
+    loop_guard: bool = Field(False, description="Conclave's extension: stop the answer when it starts repeating "
+                             "itself. Ignored under a constraint, whose output is kept whole.")
+    end_at_sentence: bool = Field(False, description="Conclave's extension: an answer cut by the token budget ends "
+                                  "at its last complete sentence (finish_reason stays 'length').")
 
     @model_validator(mode="after")
     def _one_constraint(self) -> ChatCompletionRequest:
@@ -188,6 +194,8 @@ class ChatCompletionRequest(OpenAIModel, SamplingFields):
             stop=list(self.stop or []),
             constraint=self.constraint(),
             timeout_s=timeout_s,
+            loop_guard=self.loop_guard,
+            end_at_sentence=self.end_at_sentence,
         )
 
 
@@ -313,7 +321,29 @@ class Step(BaseModel):
     ok: bool = True
     elapsed_ms: int = 0
     ranking: list[dict[str, Any]] | None = Field(None, description="Experts by similarity to the task, best first.")
-    chosen_by: str | None = Field(None, description="'ranking' when the ranking forced the choice, else 'llm'.")
+    chosen_by: str | None = Field(None, description="'ranking' when the ranking forced the choice, 'llm' when the "
+                                  "model chose, 'panel' when every selected expert is asked.")
+    reason: str = Field("", description="Why this expert was asked, in words.")
+
+
+class Attribution(BaseModel):
+    """One sentence of the final answer and where it came from."""
+
+    text: str
+    experts: list[str] = Field(description="The experts whose answers say this.")
+    steps: list[int] = Field(description="Indexes into ``steps`` of those answers.")
+
+
+class CompositionChecks(BaseModel):
+    """What the composer measured before it chose the final answer (MiniLM cosines)."""
+
+    passed: bool = False
+    why: str = Field("", description="Why the generated merge was not used, when it was not.")
+    relevance: float | None = Field(None, description="Cosine of the final answer to the task.")
+    best_expert_relevance: float | None = Field(None, description="Cosine of the best expert answer to the task.")
+    grounded_share: float | None = Field(None, description="Share of merged sentences that say what an expert said.")
+    left_out: list[str] = Field([], description="Experts whose answers were off-topic and left out.")
+    expert_relevance: dict[str, float] = Field({}, description="Cosine of each expert's (cleaned) answer to the task.")
 
 
 class IntegrateResponse(BaseModel):
@@ -323,8 +353,13 @@ class IntegrateResponse(BaseModel):
     experts: list[str]
     steps: list[Step]
     elapsed_ms: int
-    fallback: bool = Field(False, description="True when the answer was synthesised after the step or time limit.")
-    synthesis_ms: int = Field(0, description="Time spent merging the experts' answers into one.")
+    fallback: bool = Field(False, description="True when the ReAct loop hit its step or time limit.")
+    synthesis_ms: int = Field(0, description="Time spent composing the experts' answers into one.")
+    merge: Literal["generated", "extractive", "none"] = Field(
+        "none", description="generated: the LLM merged the answers and the merge passed its checks; extractive: the "
+        "answer is the experts' own sentences; none: no expert answered.")
+    attribution: list[Attribution] = Field([], description="The final answer sentence by sentence, with its experts.")
+    checks: CompositionChecks = Field(CompositionChecks(), description="What the composer measured.")
 
 
 class RunRecord(IntegrateResponse):

@@ -38,6 +38,11 @@ class EngineSettings(BaseSettings):
     )
     remote_model: str | None = Field(None, description="Model name to send to the remote server.")
     remote_api_key: str | None = Field(None, description="Bearer key for the remote server.")
+    threads: int = Field(
+        0, ge=0, le=1024, description="CPU threads of the local engine. 0: half the cores (at least one), because "
+        "the experts of one host decode at the same time in a panel, and two processes that each spin on every core "
+        "slow each other down tenfold or more. Set the core count for an expert that has the host to itself.",
+    )
     max_batch_size: int = Field(16, ge=1, le=256, description="Rows decoded together by the local engine.")
     max_queue: int = Field(64, ge=1, description="Requests waiting beyond this are refused with 429.")
     max_new_tokens_limit: int = Field(2048, ge=1, description="Upper clamp for any request's max_new_tokens.")
@@ -105,7 +110,7 @@ class OrchestratorSettings(WebSettings, EngineSettings):
         description="ranking: a clear semantic ranking picks the first expert; llm: the model always chooses.",
     )
     routing_ratio: float = Field(
-        0.8, ge=0, le=1, validation_alias="ROUTING_RATIO",
+        0.85, ge=0, le=1, validation_alias="ROUTING_RATIO",
         description="With ranking: runners-up scoring at least this fraction of the best are consulted too.",
     )
     panel_top_k: int = Field(0, ge=0, validation_alias="PANEL_TOP_K", description="0 asks every expert.")

@@ -11,9 +11,12 @@ from common.client import ExpertClient, ExpertError
 from common.protocol import AgentCard, ExpertStatus
 
 
-def tool_name(card_name: str) -> str:
-    """'Legal Expert' -> 'legal_expert': a name a ReAct step can write and a grammar can list."""
-    return re.sub(r"[^a-z0-9]+", "_", card_name.lower()).strip("_") or "expert"
+def tool_name(card: AgentCard) -> str:
+    """The expert's one name: our experts' persona id (``law_expert``, as in their URLs, logs and ``/integrate``'s
+    ``experts``); for another agent its card name made writable ('Legal Expert' -> 'legal_expert'). Either is a name
+    a ReAct step can write and a grammar can list."""
+    persona = (card.model_extra or {}).get("conclave", {}).get("persona")
+    return re.sub(r"[^a-z0-9]+", "_", (persona or card.name).lower()).strip("_") or "expert"
 
 
 @dataclass
@@ -47,7 +50,7 @@ class ExpertRegistry:
         except ExpertError:
             return None
         with self._lock:
-            expert = Expert(self._unique_name(tool_name(card.name), url), url, card, client)
+            expert = Expert(self._unique_name(tool_name(card), url), url, card, client)
             client.name = expert.name
             return self._experts.setdefault(url, expert)
 

@@ -7,6 +7,7 @@ as ``structured_outputs.grammar``. Either way the text that comes back satisfies
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -14,6 +15,13 @@ from langchain_core.language_models.llms import LLM
 from pydantic import ConfigDict
 
 from common.engine.types import Constraint, GenerationRequest
+
+
+@dataclass(frozen=True)
+class Decided:
+    """A step with nothing left to decide: ``grammar_for`` returns it, and its text is the step, without a call."""
+
+    text: str
 
 
 class EngineLLM(LLM):
@@ -33,6 +41,8 @@ class EngineLLM(LLM):
     def _call(self, prompt: str, stop: list[str] | None = None,
               run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> str:
         grammar = kwargs.get("grammar") or (self.grammar_for(prompt) if self.grammar_for else None)
+        if isinstance(grammar, Decided):
+            return grammar.text
         request = GenerationRequest(
             messages=[{"role": "user", "content": prompt}],
             max_new_tokens=kwargs.get("max_new_tokens", self.max_new_tokens),

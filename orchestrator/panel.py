@@ -1,24 +1,27 @@
-"""The panel strategy: every selected expert answers at once, then the LLM merges the answers (Mixture-of-Agents)."""
+"""The panel strategy: every selected expert answers at once (Mixture-of-Agents); the composer merges their answers."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from orchestrator.react import Outcome, synthesized
 from orchestrator.routing import Ranked
 from orchestrator.trace import RunTrace
 
 
-def run_panel(engine, task: str, experts: list, ranking: list[Ranked], trace: RunTrace, *, top_k: int,
-              timeout_s: float, expert_max_new_tokens: int) -> Outcome:
-    """Ask the top ``top_k`` experts by ranking (all when 0) in parallel; wall time is the slowest plus the merge."""
+def run_panel(task: str, experts: list, ranking: list[Ranked], trace: RunTrace, *, top_k: int,
+              expert_max_new_tokens: int) -> bool:
+    """Ask the top ``top_k`` experts by ranking (all when 0) in parallel; wall time is the slowest plus the merge.
+
+    Returns False: the panel has no step limit to hit."""
     by_name = {e.name: e for e in experts}
-    chosen = [by_name[r.name] for r in ranking if r.name in by_name][: top_k or None]
+    chosen = [(i, r) for i, r in enumerate(ranking) if r.name in by_name][: top_k or None]
     ranking_record = [{"expert": r.name, "score": round(r.score, 4)} for r in ranking]
     with ThreadPoolExecutor(max_workers=len(chosen)) as pool:
-        futures = [pool.submit(trace.consult, e, task, "", "ranking" if top_k else None,
-                               ranking_record if i == 0 else None, expert_max_new_tokens)
-                   for i, e in enumerate(chosen)]
+        futures = [pool.submit(trace.consult, by_name[r.name], task, "", "panel",
+                               ranking_record if n == 0 else None, expert_max_new_tokens,
+                               reason=f"panel: every selected expert is asked (ranked {i + 1}, similarity "
+                                      f"{r.score:.2f})")
+                   for n, (i, r) in enumerate(chosen)]
         for f in futures:
             f.result()
-    return synthesized(engine, task, trace, timeout_s, fallback=False)
+    return False

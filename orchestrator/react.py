@@ -3,15 +3,14 @@
 The grammar admits only ``<thought>\\nAction: <known tool>\\nAction Input: <one line>`` or
 ``<thought>\\nFinal Answer: <text>``, so the output parser below cannot fail on what the model writes, and the
 "Invalid Format: Missing 'Action:'" loop of local models cannot happen. Which tools a step may name, and whether it may
-answer yet, follows the routing policy: with ``ranking``, a clear semantic ranking decides the first consultation and
-close runners-up are consulted too before an answer is allowed.
+finish yet, follows the routing policy: with ``ranking``, a clear semantic ranking decides who is consulted (the best
+expert and close runners-up). The loop only decides whom to ask: the answer is written by ``orchestrator.compose``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +20,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.prompts import PromptTemplate
 from langchain_core.tools import Tool
 
-from orchestrator.llm import EngineLLM
-from orchestrator.merge import synthesize
+from orchestrator.llm import Decided, EngineLLM
 from orchestrator.routing import Ranked
 from orchestrator.trace import RunTrace
 
@@ -31,7 +29,8 @@ THOUGHT_MAX_CHARS = 200
 INPUT_MAX_CHARS = 300
 
 PROMPT = PromptTemplate.from_template(
-    """You lead a panel of experts. Consult them with Action, then write the Final Answer from what they said.
+    """You lead a panel of experts. Consult the experts the task needs with Action; the panel's answer is then
+composed from what they said.
 
 Experts, most relevant to this task first ({ranking}):
 {tools}
@@ -42,19 +41,22 @@ Action: one of [{tool_names}]
 Action Input: the question for that expert
 Observation: the expert's answer
 ... (Thought, Action, Action Input and Observation may repeat)
-Thought: I now know the final answer
-Final Answer: the complete answer to the task, drawing on the experts' answers
+Thought: the experts the task needs have answered
+Final Answer: one line saying what the answer covers
 
 Task: {input}
 Thought:{agent_scratchpad}"""
 )
+# When the routing policy leaves nothing to decide (every expert it allows has answered), the step is this text and
+# the model is not called.
+FINISHED = Decided(" The experts the task needs have answered.\nFinal Answer: composed from their answers")
 
 
 def react_grammar(tools: list[str], allow_final: bool, question: str | None = None) -> str:
     """EBNF for one ReAct step (the text after 'Thought:').
 
-    The step may name only ``tools`` (none: it must answer), answer only if ``allow_final``, and when ``question``
-    is given the Action Input is exactly that text.
+    The step may name only ``tools`` (none: it must finish), finish only if ``allow_final``, and when ``question``
+    is given the Action Input is exactly that text. Finishing takes one line: the composer writes the answer.
     """
     branches = (["action"] if tools else []) + (["final"] if allow_final or not tools else [])
     free_question = f"[^\\n]{{1,{INPUT_MAX_CHARS}}}"
@@ -62,7 +64,7 @@ def react_grammar(tools: list[str], allow_final: bool, question: str | None = No
     rules = [
         f"root ::= thought \"\\n\" ({' | '.join(branches)})",
         f"thought ::= \" \" [^\\n]{{1,{THOUGHT_MAX_CHARS}}}",
-        'final ::= "Final Answer: " [^\\x00]+',
+        f'final ::= "Final Answer: " [^\\n]{{1,{THOUGHT_MAX_CHARS}}}',
     ]
     if tools:
         rules += [f"action ::= \"Action: \" tool \"\\nAction Input: \" {question_rule}",
@@ -92,34 +94,49 @@ class GrammarStepParser(AgentOutputParser):
 
 @dataclass
 class RoutingPolicy:
-    """Which experts the next step may name, and whether it may answer, given who has been consulted.
+    """Which experts the next step may name, and whether it may finish, given who has been consulted.
 
     ``required`` experts are consulted first, in order, with the task itself as the question: a weak model picks
-    and phrases worse than the ranking and the user do. ``fresh_only`` keeps a weak model from asking the same
-    expert again and again; a strong model (mode ``llm``) may.
+    and phrases worse than the ranking and the user do. In ``ranking`` mode they are the only ones: a small model
+    left to choose more consults the other domain's expert on nearly every task, and that answer pollutes the result.
+    In ``llm`` mode a strong model chooses freely and decides when it has enough.
     """
 
     tools: list[str]
     required: list[str]
     task: str
-    fresh_only: bool
+    mode: str
+    reasons: dict[str, str]
 
-    def next_grammar(self, consulted: list[str]) -> tuple[str, str]:
+    def next_grammar(self, consulted: list[str], answered: list[str]) -> tuple[str | Decided, str]:
         pending = [t for t in self.required if t not in consulted]
         if pending:
             return react_grammar([pending[0]], allow_final=False, question=self.task), "ranking"
-        tools = [t for t in self.tools if t not in consulted] if self.fresh_only else self.tools
-        return react_grammar(tools, allow_final=bool(consulted)), "llm"
+        if self.mode != "ranking" or not consulted:
+            return react_grammar(self.tools, allow_final=bool(consulted)), "llm"
+        if not answered:  # every chosen expert failed: the best-ranked one left stands in for them
+            spare = [t for t in self.tools if t not in consulted]
+            if spare:
+                self.reasons[spare[0]] = f"stands in for {', '.join(consulted)}, which did not answer"
+                return react_grammar([spare[0]], allow_final=False, question=self.task), "ranking"
+        return FINISHED, "ranking"
+
+    def reason(self, name: str, thought: str) -> str:
+        return self.reasons.get(name) or f"chosen by the model: {thought or 'no reason given'}"
 
 
 def plan_routing(ranking: list[Ranked], mode: str, ratio: float, task: str) -> RoutingPolicy:
-    """``ranking`` mode: the top expert, and every runner-up scoring ``ratio`` of its score or more, go first."""
+    """``ranking`` mode: the top expert, and every runner-up scoring ``ratio`` of its score or more, and no other."""
     tools = [r.name for r in ranking]
     if mode != "ranking" or not ranking:
-        return RoutingPolicy(tools, [], task, fresh_only=False)
-    top = ranking[0].score
-    required = [r.name for r in ranking if r is ranking[0] or (top > 0 and r.score >= ratio * top)]
-    return RoutingPolicy(tools, required, task, fresh_only=True)
+        return RoutingPolicy(tools, [], task, mode, {})
+    top = ranking[0]
+    reasons = {top.name: f"ranked first for this task (similarity {top.score:.2f})"}
+    for r in ranking[1:]:
+        if top.score > 0 and r.score >= ratio * top.score:
+            reasons[r.name] = (f"close runner-up (similarity {r.score:.2f}, at least {ratio:.0%} of the best, "
+                               f"{top.score:.2f})")
+    return RoutingPolicy(tools, list(reasons), task, mode, reasons)
 
 
 class _ThoughtCapture(BaseCallbackHandler):
@@ -132,27 +149,9 @@ class _ThoughtCapture(BaseCallbackHandler):
         self.thought = action.log.partition("\n")[0].strip()
 
 
-@dataclass
-class Outcome:
-    response: str
-    fallback: bool
-    synthesis_ms: int = 0  # time spent merging answers, so a benchmark can set wall time against the experts'
-
-
-def synthesized(engine, task: str, trace: RunTrace, timeout_s: float, fallback: bool) -> Outcome:
-    """Merge what the experts said into one answer (or say why there is none), timed."""
-    started = time.perf_counter()
-    answers = trace.answers()
-    if not answers:
-        reasons = "; ".join(s.observation for s in trace.steps if not s.ok) or "no expert was consulted"
-        return Outcome(f"The panel could not produce an answer: {reasons}", fallback=True)
-    text = synthesize(engine, task, answers, timeout_s=timeout_s)
-    return Outcome(text, fallback, int((time.perf_counter() - started) * 1000))
-
-
 def run_react(engine, task: str, experts: list, ranking: list[Ranked], trace: RunTrace, *, max_steps: int,
-              routing: str, ratio: float, timeout_s: float, expert_max_new_tokens: int) -> Outcome:
-    """Run the constrained ReAct loop; if it ends without an answer, synthesise one from the observations."""
+              routing: str, ratio: float, timeout_s: float, expert_max_new_tokens: int) -> bool:
+    """Run the constrained ReAct loop, which decides whom to consult. True when it hit its step or time limit."""
     by_name = {e.name: e for e in experts}
     ranked = [r for r in ranking if r.name in by_name]
     policy = plan_routing(ranked, routing, ratio, task)
@@ -160,26 +159,32 @@ def run_react(engine, task: str, experts: list, ranking: list[Ranked], trace: Ru
     capture = _ThoughtCapture()
     chosen: dict[str, str] = {}
 
-    def grammar_for(prompt: str) -> str:
-        grammar, chosen["by"] = policy.next_grammar(trace.consulted)
+    def grammar_for(prompt: str) -> str | Decided:
+        grammar, chosen["by"] = policy.next_grammar(trace.consulted, trace.answered)
         return grammar
 
     def make_tool(expert) -> Tool:
         def consult(question: str) -> str:
             step = trace.consult(expert, question, capture.thought, chosen.get("by"),
-                                 ranking_record if not trace.steps else None, expert_max_new_tokens)
+                                 ranking_record if not trace.steps else None, expert_max_new_tokens,
+                                 reason=policy.reason(expert.name, capture.thought))
             return step.observation
 
         return Tool(name=expert.name, func=consult, description=expert.description)
 
     tools = [make_tool(by_name[r.name]) for r in ranked]
-    llm = EngineLLM(engine=engine, grammar_for=grammar_for, timeout_s=timeout_s)
+    # A step is a thought, an expert's name and a question, which may be the whole task: room for all of it (two
+    # tokens a character covers CJK text), so a long task is never cut off mid-step.
+    step_tokens = 64 + THOUGHT_MAX_CHARS + 2 * max(len(task), INPUT_MAX_CHARS)
+    llm = EngineLLM(engine=engine, grammar_for=grammar_for, timeout_s=timeout_s, max_new_tokens=min(step_tokens, 4096))
     prompt = PROMPT.partial(ranking=", ".join(f"{r.name} {r.score:.2f}" for r in ranked))
     agent = create_react_agent(llm, tools, prompt, output_parser=GrammarStepParser())
     executor = AgentExecutor(agent=agent, tools=tools, max_iterations=max_steps, max_execution_time=timeout_s,
                              early_stopping_method="force", handle_parsing_errors=True)
     result = executor.invoke({"input": task}, config={"callbacks": [capture]})
-    output = (result.get("output") or "").strip()
-    if output and output != ITERATION_LIMIT_MESSAGE:
-        return Outcome(output, fallback=False)
-    return synthesized(engine, task, trace, timeout_s, fallback=True)
+    for name in policy.required:  # a step that did not come out whole must not cost the run its experts
+        if name not in trace.consulted:
+            trace.consult(by_name[name], task, "", "ranking", ranking_record if not trace.steps else None,
+                          expert_max_new_tokens, reason=f"{policy.reasons[name]}; asked directly, as the model's "
+                          "step did not name it")
+    return (result.get("output") or "").strip() in ("", ITERATION_LIMIT_MESSAGE)

@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterator
 from common.protocol import IntegrateRequest, IntegrateResponse, RunRecord
 from common.settings import OrchestratorSettings
 from common.web import ApiError
+from orchestrator.compose import Composer
 from orchestrator.experts import ExpertRegistry
 from orchestrator.panel import run_panel
-from orchestrator.react import Outcome, run_react
+from orchestrator.react import run_react
 from orchestrator.routing import Router
 from orchestrator.runs import RunStore
 from orchestrator.trace import Emit, RunTrace
@@ -22,20 +23,21 @@ from orchestrator.trace import Emit, RunTrace
 log = logging.getLogger(__name__)
 
 
-def _react(self: Orchestrator, req: IntegrateRequest, experts, ranking, trace: RunTrace) -> Outcome:
+def _react(self: Orchestrator, req: IntegrateRequest, experts, ranking, trace: RunTrace) -> bool:
     s = self.settings
     return run_react(self.engine, req.task, experts, ranking, trace, max_steps=req.max_steps or s.max_steps,
                      routing=s.routing, ratio=s.routing_ratio, timeout_s=s.run_timeout_s,
                      expert_max_new_tokens=s.expert_max_new_tokens)
 
 
-def _panel(self: Orchestrator, req: IntegrateRequest, experts, ranking, trace: RunTrace) -> Outcome:
-    s = self.settings
-    return run_panel(self.engine, req.task, experts, ranking, trace, top_k=s.panel_top_k, timeout_s=s.run_timeout_s,
-                     expert_max_new_tokens=s.expert_max_new_tokens)
+def _panel(self: Orchestrator, req: IntegrateRequest, experts, ranking, trace: RunTrace) -> bool:
+    return run_panel(req.task, experts, ranking, trace, top_k=self.settings.panel_top_k,
+                     expert_max_new_tokens=self.settings.expert_max_new_tokens)
 
 
-STRATEGIES: dict[str, Callable] = {"react": _react, "panel": _panel}
+# A strategy gathers the experts' answers into the trace and says whether it hit a limit; the composer then writes
+# the final answer from them, the same way for every strategy.
+STRATEGIES: dict[str, Callable[..., bool]] = {"react": _react, "panel": _panel}
 
 
 class Orchestrator:
@@ -92,7 +94,9 @@ class Orchestrator:
         trace.emit("start", {"run_id": run_id, "strategy": req.strategy,
                              "ranking": [{"expert": r.name, "score": round(r.score, 4)} for r in ranking]})
         try:
-            outcome = STRATEGIES[req.strategy](self, req, experts, ranking, trace)
+            fallback = STRATEGIES[req.strategy](self, req, experts, ranking, trace)
+            composition = Composer(self.engine, self.router.embed).compose(req.task, trace.steps,
+                                                                            self.settings.run_timeout_s)
         except Exception as exc:
             log.exception("run %s failed", run_id)
             record = record.model_copy(update={"status": "failed", "error": f"{type(exc).__name__}: {exc}",
@@ -100,9 +104,10 @@ class Orchestrator:
                                                "elapsed_ms": int((time.perf_counter() - started) * 1000)})
             self.runs.save(record)
             raise
-        response = IntegrateResponse(response=outcome.response, run_id=run_id, strategy=req.strategy,
-                                     experts=trace.consulted, steps=trace.steps, fallback=outcome.fallback,
-                                     synthesis_ms=outcome.synthesis_ms,
+        response = IntegrateResponse(response=composition.response, run_id=run_id, strategy=req.strategy,
+                                     experts=trace.consulted, steps=trace.steps, fallback=fallback,
+                                     synthesis_ms=composition.synthesis_ms, merge=composition.merge,
+                                     attribution=composition.attribution, checks=composition.checks,
                                      elapsed_ms=int((time.perf_counter() - started) * 1000))
         self.runs.save(RunRecord(**response.model_dump(), task=req.task, created_at=created, status="done"))
         return response

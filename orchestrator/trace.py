@@ -19,9 +19,9 @@ class RunTrace:
     consulted: list[str] = field(default_factory=list)
 
     def consult(self, expert, question: str, thought: str = "", chosen_by: str | None = None,
-                ranking: list[dict] | None = None, max_new_tokens: int = 256) -> Step:
+                ranking: list[dict] | None = None, max_new_tokens: int = 256, reason: str = "") -> Step:
         """Ask one expert, record the step (failures included, as readable observations) and stream it."""
-        self.emit("action", {"thought": thought, "expert": expert.name, "input": question})
+        self.emit("action", {"thought": thought, "expert": expert.name, "input": question, "reason": reason})
         started = time.perf_counter()
         try:
             answer = expert.client.chat(question, max_new_tokens=max_new_tokens)
@@ -29,12 +29,15 @@ class RunTrace:
         except ExpertError as exc:
             observation, ok = f"{exc} (continue with the other experts)", False
         step = Step(thought=thought, expert=expert.name, input=question, observation=observation, ok=ok,
-                    elapsed_ms=int((time.perf_counter() - started) * 1000), chosen_by=chosen_by, ranking=ranking)
+                    elapsed_ms=int((time.perf_counter() - started) * 1000), chosen_by=chosen_by, ranking=ranking,
+                    reason=reason)
         self.steps.append(step)
         if expert.name not in self.consulted:
             self.consulted.append(expert.name)
         self.emit("observation", step.model_dump())
         return step
 
-    def answers(self) -> list[tuple[str, str]]:
-        return [(s.expert, s.observation) for s in self.steps if s.ok and s.expert]
+    @property
+    def answered(self) -> list[str]:
+        """Experts that gave an answer (consulted ones may have failed)."""
+        return [s.expert for s in self.steps if s.ok and s.expert]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import os
 import queue
 import threading
 import time
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from common.text import MAX_PERIOD, loop_start, sentence_cut
 
 from .decoding import Decoder, make_decoder
 from .grammar import GrammarCompiler, mask_logits
@@ -40,6 +43,12 @@ from .types import (
 
 log = logging.getLogger(__name__)
 
+
+# With the loop guard on, this much of the newest text waits before it is streamed: the longest repetition the guard
+# cuts back (common.text.MAX_PERIOD) plus a token's worth, so what it cuts was never sent.
+LOOP_HOLDBACK = MAX_PERIOD + 16
+# With end_at_sentence, text after the last sentence end waits once this few tokens of the budget are left.
+SENTENCE_ZONE = 64
 
 # Below this a temperature only sharpens the distribution into greedy decoding, and dividing by it overflows.
 MIN_TEMPERATURE = 1e-4
@@ -62,6 +71,7 @@ class _Row:
     window: tuple[int, int] = (0, 0)  # (start, end) of the tokens whose text last went into ``text``
     emitted: int = 0  # characters of text already pushed to the caller
     finish_reason: str | None = None
+    looped: bool = False  # the loop guard ended this row
     error: EngineError | None = None  # this row failed alone; the rest of the batch goes on
 
 
@@ -78,6 +88,7 @@ class LocalEngine:
         max_queue: int = 64,
         decoder: str = "auto",
         loader: Callable = load_model,
+        threads: int = 0,
     ):
         self.model_spec = model
         self.model_name = model
@@ -85,6 +96,7 @@ class LocalEngine:
         self._load_args = (model, dtype, device, cache_dir)
         self._loader = loader
         self._decoder_kind = decoder
+        self.threads = threads or max(1, len(os.sched_getaffinity(0)) // 2)
         self._queue: queue.Queue[_Row] = queue.Queue(maxsize=max_queue)
         self._ready = threading.Event()
         self._stopping = threading.Event()
@@ -104,6 +116,7 @@ class LocalEngine:
             settings.max_batch_size,
             settings.max_queue,
             settings.decoder,
+            threads=settings.threads,
         )
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
@@ -137,13 +150,13 @@ class LocalEngine:
         return self._queue.qsize()
 
     @property
-    def runtime(self) -> dict[str, str]:
+    def runtime(self) -> dict[str, object]:
         """Where and how the model runs, for /ready: in bfloat16 a greedy answer may change with the batch around it
         (README, "Dtypes and reproducible answers"), so operators need to see which one they got."""
         if not self.ready:
             return {}
         return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
-                "decoder": type(self.decoder).__name__}
+                "decoder": type(self.decoder).__name__, "threads": self.threads}
 
     def _load(self) -> None:
         model, tokenizer, source = self._loader(*self._load_args)
@@ -205,6 +218,7 @@ class LocalEngine:
 
     # ---- scheduler thread ---------------------------------------------------------------------------------------
     def _run(self) -> None:
+        torch.set_num_threads(self.threads)  # in this thread: OpenMP keeps the count per thread
         try:
             self._load()
         except Exception as exc:  # reported by /ready, never swallowed
@@ -213,8 +227,8 @@ class LocalEngine:
             self._ready.set()
             return
         self._ready.set()
-        log.info("engine ready: %s on %s (%s, %s)", self.model_name, self.device, self.dtype,
-                 type(self.decoder).__name__)
+        log.info("engine ready: %s on %s (%s, %s, %d threads)", self.model_name, self.device, self.dtype,
+                 type(self.decoder).__name__, self.threads)
         rows: list[_Row] = []
         batch = None
         while not self._stopping.is_set():
@@ -308,19 +322,32 @@ class LocalEngine:
             self._stream(r)
 
     def _stream(self, r: _Row) -> None:
-        """Push the row's newly safe text: nothing that may still turn out to begin a stop string."""
+        """Push the row's newly safe text: nothing that may still turn out to begin a stop string, start a loop, or
+        (near the token budget) be an unfinished last sentence."""
         piece, r.window = detokenize_step(self.tokenizer, r.token_ids, r.window, final=r.finish_reason is not None)
         text = r.text + piece
-        stops = r.gen.request.stop
-        for s in stops:
+        req = r.gen.request
+        free_text = req.constraint is None  # a constrained output is kept whole: cutting it would break it
+        for s in req.stop:
             at = text.find(s)
             if at != -1:
                 text = text[:at]
                 r.finish_reason = "stop"
+        if free_text and req.loop_guard and r.finish_reason is None and len(r.token_ids) >= req.min_new_tokens:
+            at = loop_start(text)
+            if at is not None:
+                text, r.finish_reason, r.looped = text[: max(at, r.emitted)], "stop", True
         if r.finish_reason is None:
-            held = max((_overlap(text, s) for s in stops), default=0)
-            safe = text[: len(text) - held].rstrip()  # trailing space may be the last thing before the end
+            held = max((_overlap(text, s) for s in req.stop), default=0)
+            if free_text and req.loop_guard:
+                held = max(held, LOOP_HOLDBACK)
+            safe = text[: max(len(text) - held, 0)]
+            if free_text and req.end_at_sentence and req.max_new_tokens - len(r.token_ids) <= SENTENCE_ZONE:
+                safe = safe[: sentence_cut(safe, r.emitted, words=False)]
+            safe = safe.rstrip()  # trailing space may be the last thing before the end
         else:
+            if free_text and req.end_at_sentence and (r.finish_reason == "length" or r.looped):
+                text = text[: sentence_cut(text, r.emitted)]
             safe = text.rstrip()
         safe_start = len(safe) - len(safe.lstrip()) if r.emitted == 0 else 0
         if len(safe) > r.emitted:
@@ -334,7 +361,7 @@ class LocalEngine:
             r.gen.fail(r.error)
             return True
         if r.finish_reason is not None:
-            r.gen.finish(len(r.prompt_ids), len(r.token_ids), r.finish_reason)
+            r.gen.finish(len(r.prompt_ids), len(r.token_ids), r.finish_reason, r.looped)
             return True
         if r.gen.cancelled:
             r.gen.fail(GenerationCancelled("client went away"))

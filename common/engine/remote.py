@@ -53,7 +53,7 @@ class RemoteEngine:
         return self.ready
 
     @property
-    def runtime(self) -> dict[str, str]:
+    def runtime(self) -> dict[str, object]:
         return {"remote": self.base_url}
 
     @property

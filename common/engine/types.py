@@ -65,6 +65,10 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     constraint: Constraint | None = None
     timeout_s: float = 600.0
+    # Stop a free-text answer that starts to repeat itself, keeping one copy of what repeats (common/text.py).
+    loop_guard: bool = False
+    # An answer cut by max_new_tokens (or by the loop guard) ends at its last complete sentence, not mid-word.
+    end_at_sentence: bool = False
 
 
 @dataclass
@@ -74,6 +78,7 @@ class GenerationResult:
     completion_tokens: int
     finish_reason: str  # "stop" | "length"
     elapsed_s: float
+    looped: bool = False  # the loop guard ended it
 
 
 _DONE = object()
@@ -103,13 +108,14 @@ class Generation:
             self._text.append(delta)
             self._deltas.put(delta)
 
-    def finish(self, prompt_tokens: int, completion_tokens: int, finish_reason: str) -> None:
+    def finish(self, prompt_tokens: int, completion_tokens: int, finish_reason: str, looped: bool = False) -> None:
         self._result = GenerationResult(
             text="".join(self._text).strip(),
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             finish_reason=finish_reason,
             elapsed_s=time.monotonic() - self.created,
+            looped=looped,
         )
         self._done.set()
         self._deltas.put(_DONE)

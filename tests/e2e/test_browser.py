@@ -39,7 +39,8 @@ def test_orchestrator_page_shows_the_live_trace_and_past_runs(stack, page):
     page.press("#task", "Enter")
     page.wait_for_selector("#live .step details", timeout=300_000)
     page.wait_for_selector("#live .answer", timeout=300_000)
-    assert "legal_expert" in page.text_content("#live")
+    assert "law_expert" in page.text_content("#live")
+    assert page.locator("#live .attribution li").count() >= 1  # who said what
     assert page.evaluate("window.__pwned") is None
     assert "<script>" in page.text_content("#live")
     page.screenshot(path=str(SCREENSHOTS / "orchestrator.png"), full_page=True)

@@ -18,6 +18,7 @@ from common.engine.decoding import make_decoder, teacher_forced
 from common.engine.loading import load_model
 from common.engine.local import LocalEngine, detokenize_step
 from common.engine.types import Constraint, EngineOverloaded, GenerationCancelled, GenerationRequest, GenerationTimeout
+from common.text import ends_a_sentence, is_degenerate, loop_start
 from tests.services import MODEL_CACHE
 
 pytestmark = pytest.mark.integration
@@ -165,6 +166,28 @@ def test_stop_strings_and_grammars_hold_per_row_in_one_batch(engine):
     assert choice.text in ("yes", "no")
     assert re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", date.text)
     assert free.completion_tokens == 30 and free.finish_reason == "length"
+
+
+def test_the_loop_guard_stops_a_looping_row_and_spares_the_others_in_its_batch(engine):
+    counting = "Count from 1 to 500, separated by spaces."
+    guarded = engine.submit(ask(counting, n=300, loop_guard=True, end_at_sentence=True))
+    unguarded = engine.submit(ask(counting, n=120))
+    prose = engine.submit(ask("What is a contract?", n=60, loop_guard=True))
+    guarded, unguarded, prose = guarded.result(), unguarded.result(), prose.result()
+    assert guarded.looped and guarded.finish_reason == "stop" and guarded.completion_tokens < 120
+    assert loop_start(guarded.text) is None and len(guarded.text) < 80
+    assert unguarded.completion_tokens == 120 and is_degenerate(unguarded.text) and not unguarded.looped
+    assert not prose.looped and prose.text
+
+
+def test_an_answer_cut_by_its_budget_ends_at_a_sentence(engine):
+    gens = [engine.submit(ask(q, n=70, end_at_sentence=True)) for q in QUESTIONS[:4]]
+    streamed = [engine.submit(ask(QUESTIONS[0], n=70, end_at_sentence=True))]
+    cut = [r for r in (g.result() for g in gens + streamed) if r.finish_reason == "length"]
+    assert len(cut) >= 3
+    for result in cut:  # a full stop, or the end of a line (a heading, a list item)
+        assert result.completion_tokens == 70 and (ends_a_sentence(result.text) or result.text.endswith(":")), result
+    assert "".join(streamed[0]) == streamed[0].result().text
 
 
 def test_streamed_deltas_add_up_to_the_result(engine):

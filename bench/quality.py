@@ -1,0 +1,131 @@
+"""Answer quality of ``/integrate`` on the dev set (bench/quality_tasks.yaml), both strategies, embedded model.
+
+Per strategy: degenerate final answers (common.text's loop detector), grounded share (sentences of the final answer
+whose best MiniLM cosine to any expert-answer sentence is at least 0.6), merge gain (the final answer's cosine to the
+task minus the best expert answer's), off-topic consultations on single-domain tasks, the share of each composition
+path, and p50/p95 latency. The strategies run interleaved, task by task, one request at a time.
+
+``python -m bench.quality [N]`` runs N tasks spread over the set and prints each answer and the table (``make bench``
+runs them all).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+import yaml
+
+from common.text import is_degenerate, sentences
+from orchestrator.routing import Embedder
+from tests.services import expert, orchestrator_service
+
+HERE = Path(__file__).parent
+STRATEGIES = ("react", "panel")
+GROUNDED = 0.6
+
+
+def score(embed, task: str, body: dict, expected: list[str]) -> dict:
+    """The measures of one answer against its task and the answers its experts gave."""
+    answers = [s["observation"] for s in body["steps"] if s["ok"] and s["expert"]]
+    final = body["response"]
+    parts = sentences(final) or [final]
+    expert_parts = [p for a in answers for p in sentences(a)] or answers or [""]
+    vectors = embed([task, final, *answers, *parts, *expert_parts])
+    query, final_v = vectors[0], vectors[1]
+    answer_v = vectors[2: 2 + len(answers)]
+    part_v = vectors[2 + len(answers): 2 + len(answers) + len(parts)]
+    expert_part_v = vectors[2 + len(answers) + len(parts):]
+    best = float((answer_v @ query).max()) if answers else 0.0
+    grounded = [float((expert_part_v @ v).max()) >= GROUNDED for v in part_v]
+    consulted = body["experts"]
+    return {
+        "degenerate": is_degenerate(final),
+        "grounded_share": round(sum(grounded) / len(grounded), 3),
+        "merge_gain": round(float(final_v @ query) - best, 3),
+        "off_topic": len(expected) == 1 and any(e not in expected for e in consulted),
+        "missed": [e for e in expected if e not in consulted],
+        "experts_looped": sum(is_degenerate(a) for a in answers),
+        "merge": body["merge"],
+    }
+
+
+def quality(work: Path, limit: int | None = None) -> dict:
+    tasks = yaml.safe_load((HERE / "quality_tasks.yaml").read_text())
+    if limit:  # evenly spread over the set, so a quick run still sees every kind of task
+        tasks = tasks[:: max(1, len(tasks) // limit)][:limit]
+    ai = expert("ai_expert", work / "q-ai").start()
+    law = expert("law_expert", work / "q-law").start()
+    # The product's own defaults: what a user of `make run` gets.
+    orch = orchestrator_service(work / "q-orch", [ai.url, law.url], env={"EXPERT_MAX_NEW_TOKENS": "256"}).start()
+    embed = Embedder()
+    rows: list[dict] = []
+    try:
+        for item in tasks:
+            for strategy in STRATEGIES:
+                started = time.perf_counter()
+                resp = requests.post(f"{orch.url}/integrate", json={"task": item["task"], "strategy": strategy},
+                                     timeout=1800)
+                resp.raise_for_status()
+                body = resp.json()
+                rows.append({"task": item["task"], "strategy": strategy, "expected": item["experts"],
+                             "latency_s": round(time.perf_counter() - started, 2), "experts": body["experts"],
+                             "response": body["response"], "why": body["checks"]["why"],
+                             "relevance": body["checks"]["expert_relevance"],
+                             **score(embed, item["task"], body, item["experts"])})
+    finally:
+        orch.stop()
+        ai.stop()
+        law.stop()
+    return {"tasks": len(tasks), "summary": summarize(rows), "rows": rows}
+
+
+def summarize(rows: list[dict]) -> dict:
+    out = {}
+    for strategy in STRATEGIES:
+        mine = [r for r in rows if r["strategy"] == strategy]
+        single = [r for r in mine if len(r["expected"]) == 1]
+        multi = [r for r in mine if len(r["expected"]) > 1]
+        latencies = sorted(r["latency_s"] for r in mine)
+        out[strategy] = {
+            "degenerate": sum(r["degenerate"] for r in mine),
+            "grounded_share_mean": round(statistics.mean(r["grounded_share"] for r in mine), 3),
+            "merge_gain_ok_share": round(sum(r["merge_gain"] >= -0.05 for r in mine) / len(mine), 3),
+            "merge_gain_mean": round(statistics.mean(r["merge_gain"] for r in mine), 3),
+            "off_topic_share": round(sum(r["off_topic"] for r in single) / max(len(single), 1), 3),
+            "multi_all_consulted": f"{sum(not r['missed'] for r in multi)}/{len(multi)}",
+            "paths": {p: sum(r["merge"] == p for r in mine) for p in ("generated", "extractive", "none")},
+            "multi_generated": f"{sum(r['merge'] == 'generated' for r in multi)}/{len(multi)}",
+            "experts_looped": sum(r["experts_looped"] for r in mine),
+            "p50_s": round(statistics.median(latencies), 2),
+            "p95_s": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
+        }
+    return out
+
+
+def report(q: dict) -> None:
+    print(f"\n== Answer quality on {q['tasks']} dev tasks (bench/quality_tasks.yaml), embedded model ==")
+    print("targets: 0 degenerate | merge gain >= -0.05 on >= 90% | grounded share >= 0.8 | react off-topic <= 10%")
+    cols = ("degenerate", "grounded_share_mean", "merge_gain_ok_share", "merge_gain_mean", "off_topic_share",
+            "multi_all_consulted", "multi_generated", "experts_looped", "p50_s", "p95_s")
+    print(f"{'strategy':>8} | " + " | ".join(cols) + " | paths")
+    for strategy, s in q["summary"].items():
+        print(f"{strategy:>8} | " + " | ".join(str(s[c]) for c in cols) + f" | {s['paths']}")
+
+
+def main() -> None:
+    limit = int(sys.argv[1]) if len(sys.argv) > 1 else None
+    with tempfile.TemporaryDirectory() as tmp:
+        q = quality(Path(tmp), limit)
+    for r in q["rows"]:
+        print(f"--- [{r['strategy']}] {r['task']} -> {r['experts']} {r['merge']} gain {r['merge_gain']} grounded "
+              f"{r['grounded_share']} {r['latency_s']}s {r['relevance']} {r['why']}\n{r['response'][:400]}")
+    report(q)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""Answer composition: one final answer from the experts' answers, checked, attributed, and never worse than them.
+
+Whatever strategy gathered the answers, the composer
+1. cleans each answer (loops and repeated sentences out) and leaves out the answers that are off-topic next to the
+   best one, so an expert consulted for nothing cannot pollute the result;
+2. with two or more on-topic answers, asks the LLM to merge them, then checks the merge: no loop, as on-topic as the
+   best expert answer (within ``MERGE_MARGIN``), and grounded: every kept sentence must say what some expert sentence
+   said (MiniLM cosine >= ``GROUNDED``). Sentences that are not grounded are dropped, so nothing invented survives;
+3. falls back to an extractive composition it can always stand behind when the merge fails a check (or there is one
+   answer only): the best answer's clean sentences, then the other answers' on-topic sentences that add something.
+Every sentence of the result names the experts (and steps) it came from.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from common.engine.types import GenerationRequest
+from common.protocol import Attribution, CompositionChecks, Step
+from common.text import is_degenerate, join_sentences, sentences
+
+GROUNDED = 0.6  # a sentence is grounded when its best cosine to an expert sentence reaches this
+MIN_GROUNDED_SHARE = 0.8  # a merge keeping less than this share of its sentences is not a merge of these answers
+MERGE_MARGIN = 0.05  # a merge may be this much less on-topic than the best expert answer, no more
+OFF_TOPIC_MARGIN = 0.15  # answers this far below the best answer's relevance are left out
+OFF_TOPIC_FLOOR = 0.1  # ... and so are answers below this relevance, whatever the best
+EXTRA_MARGIN = 0.1  # an extractive composition adds another expert's sentence only if about as on-topic as the best
+DUPLICATE = 0.85  # a sentence this close to one already kept says nothing new
+ANSWER_MAX_CHARS = 1200  # a small model's context fills fast; the opening of each answer carries most of it
+EXTRACT_MAX_CHARS = 1500
+
+MERGE_INSTRUCTIONS = (
+    "Answer the question below by combining the experts' answers into one clear answer. Use only facts the experts "
+    "gave. Do not mention the experts."
+)
+
+
+@dataclass
+class Composition:
+    response: str
+    merge: str  # "generated" | "extractive" | "none"
+    attribution: list[Attribution]
+    checks: CompositionChecks
+    synthesis_ms: int = 0
+
+
+@dataclass
+class _Answer:
+    step: int
+    expert: str
+    sentences: list[str]
+    vectors: torch.Tensor  # one row per sentence
+    relevance: float  # cosine of the whole (clean) answer to the task
+    raw_relevance: float = 0.0  # cosine of the answer as the expert gave it
+
+
+@dataclass
+class _Scored:
+    text: str
+    experts: list[str] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+
+
+class Composer:
+    """``embed(texts) -> [n, d]`` L2-normalised rows (the router's MiniLM); ``engine`` writes the merge."""
+
+    def __init__(self, engine, embed, merge_max_new_tokens: int = 256):
+        self.engine, self.embed, self.merge_max_new_tokens = engine, embed, merge_max_new_tokens
+
+    def compose(self, task: str, steps: list[Step], timeout_s: float = 600.0) -> Composition:
+        started = time.perf_counter()
+        answers = self._answers(task, steps)
+        if not answers:
+            reasons = "; ".join(s.observation for s in steps if not s.ok) or "no expert was consulted"
+            return Composition(f"The panel could not produce an answer: {reasons}", "none", [],
+                               CompositionChecks(passed=False, why="no expert answered"))
+        best = max(a.raw_relevance for a in answers)  # what the user would have had from the best expert alone
+        top = max(a.relevance for a in answers)
+        kept = [a for a in answers if a.relevance >= max(top - OFF_TOPIC_MARGIN, OFF_TOPIC_FLOOR)] or \
+            [max(answers, key=lambda a: a.relevance)]
+        kept.sort(key=lambda a: a.relevance, reverse=True)
+        left_out = [a.expert for a in answers if a not in kept]
+        composition = None
+        if len(kept) > 1:
+            composition = self._generated(task, kept, best, left_out, timeout_s)
+        if composition is None or not composition.checks.passed:
+            why = composition.checks.why if composition else "one on-topic answer: nothing to merge"
+            composition = self._extractive(task, kept, best, left_out, why)
+        composition.checks.expert_relevance = {a.expert: round(a.relevance, 4) for a in answers}
+        composition.synthesis_ms = int((time.perf_counter() - started) * 1000)
+        return composition
+
+    # ---- the answers ----------------------------------------------------------------------------------------------
+    def _answers(self, task: str, steps: list[Step]) -> list[_Answer]:
+        raw = [(i, s) for i, s in enumerate(steps) if s.ok and s.expert and s.observation.strip()]
+        cleaned = [(i, s, _clean(s.observation[:ANSWER_MAX_CHARS * 2])) for i, s in raw]
+        cleaned = [(i, s, parts) for i, s, parts in cleaned if parts]
+        if not cleaned:
+            return []
+        texts = [task] + [s.observation for _, s, _ in cleaned] + [" ".join(p) for _, _, p in cleaned]
+        texts += [p for _, _, parts in cleaned for p in parts]
+        vectors = self.embed(texts)
+        query, n = vectors[0], len(cleaned)
+        out, row = [], 1 + 2 * n
+        for k, (i, s, parts) in enumerate(cleaned):
+            out.append(_Answer(i, s.expert, parts, vectors[row: row + len(parts)],
+                               relevance=float(vectors[1 + n + k] @ query),
+                               raw_relevance=float(vectors[1 + k] @ query)))
+            row += len(parts)
+        return out
+
+    # ---- the generated merge -----------------------------------------------------------------------------------------
+    def _generated(self, task: str, kept: list[_Answer], best: float, left_out: list[str],
+                   timeout_s: float) -> Composition:
+        listed = "\n\n".join(f"Expert answer {n}:\n{_clip(join_sentences(a.sentences), ANSWER_MAX_CHARS)}"
+                             for n, a in enumerate(kept, 1))
+        prompt = f"{MERGE_INSTRUCTIONS}\n\nQuestion: {task}\n\n{listed}\n\nQuestion: {task}\nCombined answer:"
+        request = GenerationRequest(messages=[{"role": "user", "content": prompt}],
+                                    max_new_tokens=self.merge_max_new_tokens, repetition_penalty=1.15,
+                                    timeout_s=timeout_s, loop_guard=True, end_at_sentence=True)
+        text = self.engine.submit(request).result().text
+        checks = CompositionChecks(best_expert_relevance=round(best, 4), left_out=left_out)
+        if is_degenerate(text):
+            return self._failed(checks, "the merge loops")
+        parts = sentences(text)
+        vectors = self.embed([task, text, *parts])
+        checks.relevance = round(float(vectors[1] @ vectors[0]), 4)
+        scored, grounded = self._attribute(parts, vectors[2:], kept)
+        checks.grounded_share = round(grounded / len(parts), 4)
+        if checks.grounded_share < MIN_GROUNDED_SHARE:
+            return self._failed(checks, f"only {grounded} of {len(parts)} merged sentences say what an expert said")
+        final = join_sentences([s.text for s in scored])
+        checks.relevance = round(float(self.embed([task, final])[1] @ vectors[0]), 4)
+        if checks.relevance < best - MERGE_MARGIN:
+            return self._failed(checks, f"the merge is less on-topic ({checks.relevance:.2f}) than the best expert "
+                                        f"answer ({best:.2f})")
+        checks.passed = True
+        return Composition(final, "generated", _attribution(scored), checks)
+
+    @staticmethod
+    def _failed(checks: CompositionChecks, why: str) -> Composition:
+        checks.passed, checks.why = False, why
+        return Composition("", "generated", [], checks)
+
+    @staticmethod
+    def _attribute(parts: list[str], vectors: torch.Tensor, kept: list[_Answer]) -> tuple[list[_Scored], int]:
+        """Each merged sentence with the experts whose sentences it matches; ungrounded sentences are dropped."""
+        scored = []
+        for text, vector in zip(parts, vectors, strict=True):
+            sources = [(a.expert, a.step) for a in kept if float((a.vectors @ vector).max()) >= GROUNDED]
+            if sources:
+                scored.append(_Scored(text, [e for e, _ in sources], [s for _, s in sources]))
+        return scored, len(scored)
+
+    # ---- the extractive composition ------------------------------------------------------------------------------
+    def _extractive(self, task: str, kept: list[_Answer], best: float, left_out: list[str],
+                    why: str) -> Composition:
+        query = self.embed([task])[0]
+        first = kept[0]
+        chosen = [_Scored(t, [first.expert], [first.step]) for t in first.sentences]
+        chosen_vectors = [first.vectors]
+        for answer in kept[1:]:
+            relevance = answer.vectors @ query
+            for text, vector, score in zip(answer.sentences, answer.vectors, relevance, strict=True):
+                seen = torch.cat(chosen_vectors)
+                if float(score) < first.relevance - EXTRA_MARGIN or float((seen @ vector).max()) >= DUPLICATE:
+                    continue
+                chosen.append(_Scored(text, [answer.expert], [answer.step]))
+                chosen_vectors.append(vector[None])
+        chosen = _fit(chosen, EXTRACT_MAX_CHARS)
+        final = join_sentences([s.text for s in chosen])
+        checks = CompositionChecks(best_expert_relevance=round(best, 4), left_out=left_out, passed=True,
+                                   relevance=round(float(self.embed([final])[0] @ query), 4), grounded_share=1.0,
+                                   why=why)
+        return Composition(final, "extractive", _attribution(chosen), checks)
+
+
+def _clean(text: str) -> list[str]:
+    """An answer's sentences without loops, repeats or fragments: what a composition may quote."""
+    out, seen = [], set()
+    for s in sentences(text):
+        key = " ".join(s.lower().split())
+        if key in seen or is_degenerate(s) or len(s) < 3:
+            continue
+        seen.add(key)
+        out.append(s)
+    return out
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0]
+
+
+def _fit(chosen: list[_Scored], limit: int) -> list[_Scored]:
+    """Whole sentences, in order, up to ``limit`` characters (at least one)."""
+    out, total = [], 0
+    for s in chosen:
+        if out and total + len(s.text) > limit:
+            break
+        out.append(s)
+        total += len(s.text) + 1
+    return out
+
+
+def _attribution(scored: list[_Scored]) -> list[Attribution]:
+    return [Attribution(text=s.text, experts=s.experts, steps=s.steps) for s in scored]

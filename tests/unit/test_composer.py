@@ -1,0 +1,75 @@
+"""The composer's checks and fallback, with a scripted merge and a bag-of-words embedder."""
+
+from __future__ import annotations
+
+from common.protocol import Step
+from common.text import is_degenerate
+from orchestrator.compose import Composer
+from tests.fakes import ScriptedEngine, WordsEmbedder
+
+TASK = "What does the GDPR regulation require of a contract?"
+LAW_A = "The GDPR regulation requires a contract. The contract must bind the processor."
+LAW_B = "A contract under the regulation binds the processor. Court rulings enforce the regulation."
+
+
+def answers(*texts: str, expert_names=("law_expert", "other_lawyer", "ai_expert")) -> list[Step]:
+    return [Step(expert=name, input=TASK, observation=text) for name, text in zip(expert_names, texts, strict=False)]
+
+
+def compose(merge: str, steps: list[Step]):
+    engine = ScriptedEngine([merge])
+    return Composer(engine, WordsEmbedder()).compose(TASK, steps), engine
+
+
+def test_a_grounded_on_topic_merge_is_used_and_attributed():
+    result, engine = compose("The GDPR regulation requires a contract. The contract binds the processor.",
+                             answers(LAW_A, LAW_B))
+    assert result.merge == "generated" and result.checks.passed and result.checks.grounded_share == 1.0
+    assert result.response == "The GDPR regulation requires a contract. The contract binds the processor."
+    assert all(set(a.experts) == {"law_expert", "other_lawyer"} for a in result.attribution)
+    assert engine.requests[0].loop_guard and engine.requests[0].end_at_sentence
+
+
+def test_a_looping_merge_falls_back_to_the_experts_own_sentences():
+    result, _ = compose("1. 2. 3. 4. 5. 6. 7. 8. 9. 10. 11. 12. 13. 14. 15. 16. 17. 18. 19. 20. 21. 22.",
+                        answers(LAW_A, LAW_B))
+    assert result.merge == "extractive" and result.checks.why == "the merge loops"
+    assert result.response.startswith("The GDPR regulation requires a contract.") and not is_degenerate(
+        result.response)
+    assert result.attribution[0].experts == ["law_expert"] and result.attribution[0].steps == [0]
+
+
+def test_an_off_topic_merge_falls_back():
+    result, _ = compose("Neural network model. Machine algorithm software.", answers(LAW_A, LAW_B))
+    assert result.merge == "extractive" and "say what an expert said" in result.checks.why
+
+
+def test_invented_sentences_are_dropped_from_a_merge():
+    merged = ("The GDPR regulation requires a contract. The contract binds the processor. Court rulings enforce the "
+              "regulation. A contract binds the processor. The GDPR regulation requires a contract of the processor. "
+              "Neural networks compute software.")
+    result, _ = compose(merged, answers(LAW_A, LAW_B))
+    assert result.merge == "generated" and "Neural" not in result.response
+    assert result.checks.grounded_share == round(5 / 6, 4)
+
+
+def test_off_topic_answers_are_left_out_and_loops_cleaned():
+    looping = "The GDPR regulation requires a contract. " + "The contract 1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1."
+    result, engine = compose("unused", answers(looping, "Neural network machine software models.",
+                                               expert_names=("law_expert", "ai_expert")))
+    assert result.merge == "extractive" and result.checks.left_out == ["ai_expert"]
+    assert result.response == "The GDPR regulation requires a contract." and not engine.requests
+
+
+def test_extractive_adds_what_another_expert_says_new_and_skips_repeats():
+    result, _ = compose("Neural network software.", answers(LAW_A, "The GDPR regulation requires a contract. "
+                                                                   "Court rulings enforce the regulation."))
+    texts = [a.text for a in result.attribution]
+    assert texts.count("The GDPR regulation requires a contract.") == 1
+    assert "Court rulings enforce the regulation." in texts
+
+
+def test_no_answer_is_said_plainly():
+    failed = [Step(expert="law_expert", observation="law_expert did not answer within 5s", ok=False)]
+    result, _ = compose("unused", failed)
+    assert result.merge == "none" and "did not answer within 5s" in result.response
