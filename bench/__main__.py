@@ -11,6 +11,7 @@ Prints a table and writes JSON under bench/results/.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import tempfile
 import threading
@@ -79,6 +80,10 @@ def load_wave(url: str, concurrency: int) -> dict:
             "p95_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 2)}
 
 
+# An expert measured against a single-process baseline has the host to itself, as the baseline has: every core.
+CORES = len(os.sched_getaffinity(0))
+ALONE = {"THREADS": str(CORES)}
+
 # This VM's speed drifts by a third from minute to minute, so whatever is compared is measured interleaved: a
 # batched wave, then a naive wave, repeated, keeping each server's best. The concurrency-16 waves are long enough to
 # average the drift out.
@@ -86,7 +91,7 @@ REPEATS = {1: 3, 4: 2, 16: 1}
 
 
 def throughput_and_memory(work: Path) -> dict:
-    batched = expert("ai_expert", work / "batched").start()
+    batched = expert("ai_expert", work / "batched", env=ALONE).start()
     naive_port = free_port()
     naive = Service("bench.naive_server", [str(naive_port)], work / "naive", port=naive_port).start()
     out: dict = {"batched": [], "naive": []}
@@ -108,7 +113,7 @@ def throughput_and_memory(work: Path) -> dict:
 def single_request(work: Path, messages: list[dict], rounds: int = 5) -> dict:
     """HTTP + engine against a bare decode of the same tokens by the engine's own decoder and dtype, alternated
     round by round in this one window so both see the same machine."""
-    server = expert("ai_expert", work / "single").start()
+    server = expert("ai_expert", work / "single", env=ALONE).start()
     model, tokenizer, _ = load_model("embedded", dtype="auto", cache_dir=MODEL_CACHE)
     decoder = make_decoder(model)
     prompt_ids = prompt_ids_of(tokenizer, messages)
@@ -184,7 +189,7 @@ def dtypes_under_load(rounds: int = 2) -> dict:
     from common.engine.local import LocalEngine
     from common.engine.types import GenerationRequest
 
-    engines = {d: LocalEngine(dtype=d, cache_dir=MODEL_CACHE).start() for d in ("float32", "bfloat16")}
+    engines = {d: LocalEngine(dtype=d, cache_dir=MODEL_CACHE, threads=CORES).start() for d in ("float32", "bfloat16")}
     out: dict = {}
     try:
         for engine in engines.values():

@@ -171,11 +171,18 @@ class Composer:
                 chosen.append(_Scored(text, [answer.expert], [answer.step]))
                 chosen_vectors.append(vector[None])
         chosen = _fit(chosen, EXTRACT_MAX_CHARS)
-        final = join_sentences([s.text for s in chosen])
+        final, relevance = self._scored_text(chosen, query)
+        if relevance < best - MERGE_MARGIN and len(chosen) > len(first.sentences):
+            # what the others added diluted the answer: the best answer alone, cleaned, is never worse than itself
+            chosen = chosen[: len(first.sentences)]
+            final, relevance = self._scored_text(chosen, query)
         checks = CompositionChecks(best_expert_relevance=round(best, 4), left_out=left_out, passed=True,
-                                   relevance=round(float(self.embed([final])[0] @ query), 4), grounded_share=1.0,
-                                   why=why)
+                                   relevance=round(relevance, 4), grounded_share=1.0, why=why)
         return Composition(final, "extractive", _attribution(chosen), checks)
+
+    def _scored_text(self, chosen: list[_Scored], query: torch.Tensor) -> tuple[str, float]:
+        final = join_sentences([s.text for s in chosen])
+        return final, float(self.embed([final])[0] @ query)
 
 
 def _clean(text: str) -> list[str]:
