@@ -62,10 +62,14 @@ def low_information_window(text: str, window: int = WINDOW, stride: int = WINDOW
 
 
 def loop_start(text: str) -> int | None:
-    """Where a loop at the end of a text being generated starts, or None: what the engine's guard checks."""
-    at = repeated_tail(text)
+    """Where a loop at the end of a text being generated starts, or None: what the engine's guard checks.
+
+    Checked at every step, a repetition is found as soon as it is long enough, so only the tail needs reading:
+    the cost per step stays constant however long the answer grows."""
+    tail = max(0, len(text) - 3 * MAX_PERIOD)
+    at = repeated_tail(text[tail:])
     if at is not None:
-        return at
+        return tail + at
     if len(text) >= WINDOW and compression(text[-WINDOW:]) < MIN_COMPRESSION:
         return len(text) - WINDOW
     return None
