@@ -77,7 +77,7 @@ ID = re.compile(ID_PATTERN)
 
 def check_id(value: str, what: str) -> str:
     """Path ids follow the same rule as the bodies that create them; anything else is a 400, not a silent miss."""
-    if not ID.match(value):
+    if not ID.fullmatch(value):  # not match: '$' also matches before a trailing newline
         raise ApiError(400, f"{what} must be 1-128 characters of letters, digits, '_', '.', ':' or '-'")
     return value
 

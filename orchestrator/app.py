@@ -75,7 +75,7 @@ def create_app(settings: OrchestratorSettings | None = None, llm=None, experts: 
     @app.get("/runs")
     def runs_list():
         limit = request.args.get("limit", "50")
-        if not limit.isdigit() or not 1 <= int(limit) <= 500:
+        if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 500:  # "²" is a digit to isdigit
             raise ApiError(400, "limit must be a whole number from 1 to 500")
         return {"runs": [r.model_dump() for r in service.runs.list(int(limit))]}
 

@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 
 def _react(self: Orchestrator, req: IntegrateRequest, experts, ranking, trace: RunTrace) -> bool:
     s = self.settings
-    return run_react(self.engine, req.task, experts, ranking, trace, max_steps=req.max_steps or s.max_steps,
+    # a request may ask for fewer steps than the operator allows, never more
+    max_steps = min(req.max_steps or s.max_steps, s.max_steps)
+    return run_react(self.engine, req.task, experts, ranking, trace, max_steps=max_steps,
                      routing=s.routing, ratio=s.routing_ratio, timeout_s=s.run_timeout_s,
                      expert_max_new_tokens=s.expert_max_new_tokens)
 

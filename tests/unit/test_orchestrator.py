@@ -245,3 +245,13 @@ def test_a_step_that_does_not_parse_still_consults_the_ranked_expert(tmp_path, l
     body = client.post("/integrate", json={"task": LAW_TASK}).get_json()
     assert body["experts"] == ["law_expert"] and body["response"] == "The regulation requires a contract."
     assert body["steps"][0]["reason"].endswith("asked directly, as the model's step did not name it")
+
+
+def test_odd_path_ids_and_limits_are_400s_and_max_steps_stays_within_the_operators(tmp_path, live_expert):
+    law = live_expert("law_expert", "Law.")
+    client, brain = make_client(tmp_path, [law.url], [step("Ask.", "law_expert", LAW_TASK)] * 3, max_steps=1,
+                                routing="llm")
+    assert client.get("/runs?limit=²").status_code == 400
+    assert client.get("/runs/abc%0A").status_code == 400
+    body = client.post("/integrate", json={"task": LAW_TASK, "max_steps": 20}).get_json()
+    assert body["fallback"] and len(body["steps"]) == 1  # the operator's MAX_STEPS=1 held
