@@ -54,7 +54,7 @@ class _Answer:
     sentences: list[str]
     vectors: torch.Tensor  # one row per sentence
     relevance: float  # cosine of the whole (clean) answer to the task
-    raw_relevance: float = 0.0  # cosine of the answer as the expert gave it
+    raw_relevance: float  # cosine of the answer as the expert gave it
 
 
 @dataclass
@@ -72,7 +72,7 @@ class Composer:
 
     def compose(self, task: str, steps: list[Step], timeout_s: float = 600.0) -> Composition:
         started = time.perf_counter()
-        answers = self._answers(task, steps)
+        query, answers = self._answers(task, steps)
         if not answers:
             reasons = "; ".join(s.observation for s in steps if not s.ok) or "no expert was consulted"
             return Composition(f"The panel could not produce an answer: {reasons}", "none", [],
@@ -85,21 +85,22 @@ class Composer:
         left_out = [a.expert for a in answers if a not in kept]
         composition = None
         if len(kept) > 1:
-            composition = self._generated(task, kept, best, left_out, timeout_s)
+            composition = self._generated(task, query, kept, best, left_out, timeout_s)
         if composition is None or not composition.checks.passed:
             why = composition.checks.why if composition else "one on-topic answer: nothing to merge"
-            composition = self._extractive(task, kept, best, left_out, why)
+            composition = self._extractive(query, kept, best, left_out, why)
         composition.checks.expert_relevance = {a.expert: round(a.relevance, 4) for a in answers}
         composition.synthesis_ms = int((time.perf_counter() - started) * 1000)
         return composition
 
     # ---- the answers ----------------------------------------------------------------------------------------------
-    def _answers(self, task: str, steps: list[Step]) -> list[_Answer]:
+    def _answers(self, task: str, steps: list[Step]) -> tuple[torch.Tensor | None, list[_Answer]]:
+        """The task's vector (embedded once, with everything else) and the answers worth composing from."""
         raw = [(i, s) for i, s in enumerate(steps) if s.ok and s.expert and s.observation.strip()]
         cleaned = [(i, s, _clean(s.observation[:ANSWER_MAX_CHARS * 2])) for i, s in raw]
         cleaned = [(i, s, parts) for i, s, parts in cleaned if parts]
         if not cleaned:
-            return []
+            return None, []
         texts = [task] + [s.observation for _, s, _ in cleaned] + [" ".join(p) for _, _, p in cleaned]
         texts += [p for _, _, parts in cleaned for p in parts]
         vectors = self.embed(texts)
@@ -110,10 +111,10 @@ class Composer:
                                relevance=float(vectors[1 + n + k] @ query),
                                raw_relevance=float(vectors[1 + k] @ query)))
             row += len(parts)
-        return out
+        return query, out
 
     # ---- the generated merge -----------------------------------------------------------------------------------------
-    def _generated(self, task: str, kept: list[_Answer], best: float, left_out: list[str],
+    def _generated(self, task: str, query: torch.Tensor, kept: list[_Answer], best: float, left_out: list[str],
                    timeout_s: float) -> Composition:
         listed = "\n\n".join(f"Expert answer {n}:\n{_clip(join_sentences(a.sentences), ANSWER_MAX_CHARS)}"
                              for n, a in enumerate(kept, 1))
@@ -126,14 +127,13 @@ class Composer:
         if is_degenerate(text):
             return self._failed(checks, "the merge loops")
         parts = sentences(text)
-        vectors = self.embed([task, text, *parts])
-        checks.relevance = round(float(vectors[1] @ vectors[0]), 4)
-        scored, grounded = self._attribute(parts, vectors[2:], kept)
-        checks.grounded_share = round(grounded / len(parts), 4)
+        scored = self._attribute(parts, self.embed(parts), kept)
+        checks.grounded_share = round(len(scored) / len(parts), 4)
         if checks.grounded_share < MIN_GROUNDED_SHARE:
-            return self._failed(checks, f"only {grounded} of {len(parts)} merged sentences say what an expert said")
-        final = join_sentences([s.text for s in scored])
-        checks.relevance = round(float(self.embed([task, final])[1] @ vectors[0]), 4)
+            return self._failed(checks, f"only {len(scored)} of {len(parts)} merged sentences say what an expert "
+                                        "said")
+        final, relevance = self._scored_text(scored, query)
+        checks.relevance = round(relevance, 4)
         if checks.relevance < best - MERGE_MARGIN:
             return self._failed(checks, f"the merge is less on-topic ({checks.relevance:.2f}) than the best expert "
                                         f"answer ({best:.2f})")
@@ -146,19 +146,18 @@ class Composer:
         return Composition("", "generated", [], checks)
 
     @staticmethod
-    def _attribute(parts: list[str], vectors: torch.Tensor, kept: list[_Answer]) -> tuple[list[_Scored], int]:
+    def _attribute(parts: list[str], vectors: torch.Tensor, kept: list[_Answer]) -> list[_Scored]:
         """Each merged sentence with the experts whose sentences it matches; ungrounded sentences are dropped."""
         scored = []
         for text, vector in zip(parts, vectors, strict=True):
             sources = [(a.expert, a.step) for a in kept if float((a.vectors @ vector).max()) >= GROUNDED]
             if sources:
                 scored.append(_Scored(text, [e for e, _ in sources], [s for _, s in sources]))
-        return scored, len(scored)
+        return scored
 
     # ---- the extractive composition ------------------------------------------------------------------------------
-    def _extractive(self, task: str, kept: list[_Answer], best: float, left_out: list[str],
+    def _extractive(self, query: torch.Tensor, kept: list[_Answer], best: float, left_out: list[str],
                     why: str) -> Composition:
-        query = self.embed([task])[0]
         first = kept[0]
         chosen = [_Scored(t, [first.expert], [first.step]) for t in first.sentences]
         chosen_vectors = [first.vectors]

@@ -120,15 +120,16 @@ def teacher_forced(decoder: Decoder, prompts: list[list[int]], continuations: li
         return [r[0][0] for r in rows], [r[1][0] for r in rows]
     top1: list[list[int]] = [[] for _ in prompts]
     logprobs: list[list[float]] = [[] for _ in prompts]
+    steps = max(len(c) for c in continuations)
     with torch.inference_mode():
         logits, batch = decoder.prefill(prompts, pad_id)
-        for step in range(max(len(c) for c in continuations)):
+        for step in range(steps):
             scores = torch.log_softmax(logits, dim=-1)
             for row, continuation in enumerate(continuations):
                 if step < len(continuation):
                     top1[row].append(int(scores[row].argmax()))
                     logprobs[row].append(float(scores[row, continuation[step]]))
-            if step + 1 < max(len(c) for c in continuations):
+            if step + 1 < steps:
                 feed = [[c[step] if step < len(c) else pad_id] for c in continuations]
                 logits = decoder.decode(batch, torch.tensor(feed, device=decoder.device))
     return top1, [torch.tensor(lp) for lp in logprobs]
