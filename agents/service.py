@@ -5,10 +5,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain
 
 from agents.personas import Persona
 from agents.sessions import SessionStore
-from common.engine.types import EngineError, Generation, GenerationResult
+from common.engine import tools
+from common.engine.types import Engine, EngineError, Generation, GenerationResult
 from common.protocol import (
     AgentCapabilities,
     AgentCard,
@@ -23,9 +25,12 @@ from common.protocol import (
     CompletionChoice,
     DeltaMessage,
     ErrorDetail,
+    FunctionCall,
     ModelCard,
     ModelList,
     SessionHistory,
+    ToolCallDelta,
+    ToolCallOut,
     Usage,
 )
 from common.settings import AgentSettings
@@ -38,7 +43,7 @@ VERSION = "1.0.0"
 class ExpertService:
     settings: AgentSettings
     persona: Persona
-    engine: object
+    engine: Engine
     sessions: SessionStore
     metrics: Metrics
 
@@ -121,9 +126,12 @@ class ExpertService:
     def completion(self, req: ChatCompletionRequest) -> ChatCompletionResponse:
         result = self._submit(req).result()
         self.metrics.tokens.labels(self.metrics.service).inc(result.completion_tokens)
+        content, calls = tools.split(result.text) if req.calls_tools else (result.text, [])
+        message = ChoiceMessage(content=(content or None) if calls else content,
+                                tool_calls=[_call_out(c) for c in calls] or None)
         return ChatCompletionResponse(
             model=self.model_name,
-            choices=[CompletionChoice(message=ChoiceMessage(content=result.text), finish_reason=result.finish_reason)],
+            choices=[CompletionChoice(message=message, finish_reason="tool_calls" if calls else result.finish_reason)],
             usage=_usage(result),
         )
 
@@ -137,14 +145,30 @@ class ExpertService:
                                        choices=[ChunkChoice(delta=delta, finish_reason=finish)])
             return body.model_dump_json(exclude_none=True)
 
+        def deltas() -> Iterator[DeltaMessage]:
+            """Text as it comes; with tools, each call as one delta once it is complete (OpenAI clients add up the
+            pieces of a call by its index, and a whole call is one piece)."""
+            if not req.calls_tools:
+                yield from (DeltaMessage(content=delta) for delta in gen)
+                return
+            reader = tools.CallReader()
+            for part in chain((p for delta in gen for p in reader.feed(delta)), reader.close()):
+                if isinstance(part, str):
+                    yield DeltaMessage(content=part)
+                else:
+                    calls.append(part)
+                    yield DeltaMessage(tool_calls=[ToolCallDelta(index=len(calls) - 1, **_call_out(part).model_dump())])
+
+        calls: list[tools.ToolCall] = []
+
         def events() -> Iterator[tuple[None, object]]:
             try:
                 yield None, chunk(DeltaMessage(role="assistant", content=""))
-                for delta in gen:
-                    yield None, chunk(DeltaMessage(content=delta))
+                for delta in deltas():
+                    yield None, chunk(delta)
                 result = gen.result()
                 self.metrics.tokens.labels(self.metrics.service).inc(result.completion_tokens)
-                yield None, chunk(DeltaMessage(), result.finish_reason, _usage(result))
+                yield None, chunk(DeltaMessage(), "tool_calls" if calls else result.finish_reason, _usage(result))
             except EngineError as exc:
                 yield None, _error_body(exc)
             yield None, "[DONE]"
@@ -163,6 +187,10 @@ class ExpertService:
             preferredTransport="HTTP+JSON",
             conclave={"persona": self.persona.id, "chat": "/chat", "openai": "/v1", "model": self.model_name},
         )
+
+
+def _call_out(call: tools.ToolCall) -> ToolCallOut:
+    return ToolCallOut(id=call.id, function=FunctionCall(name=call.name, arguments=call.arguments))
 
 
 def _usage(result: GenerationResult) -> Usage:

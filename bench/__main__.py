@@ -249,7 +249,7 @@ def routing() -> dict:
     from common.protocol import AgentCard
     from common.settings import OrchestratorSettings
     from orchestrator.experts import Expert
-    from orchestrator.react import PROMPT, plan_routing, react_grammar
+    from orchestrator.react import PROMPT, StepForm, plan_routing
     from orchestrator.routing import Embedder, Router
 
     tasks = yaml.safe_load((HERE / "routing_tasks.yaml").read_text())
@@ -268,7 +268,7 @@ def routing() -> dict:
                                tool_names=", ".join(tools), input=item["task"], agent_scratchpad="")
         text = engine.submit(GenerationRequest(
             messages=[{"role": "user", "content": prompt}], max_new_tokens=200,
-            constraint=Constraint("grammar", react_grammar(tools, allow_final=False)))).result().text
+            constraint=Constraint("grammar", StepForm(tuple(tools), allow_final=False).grammar()))).result().text
         llm_first = text.split("Action: ")[1].split("\n")[0]
         rows.append({"task": item["task"], "expected": item["experts"], "ranking_first": policy.required[0],
                      "ranking_consults": policy.required, "llm_first": llm_first})

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from common.engine.tools import tool_constraint
 from common.engine.types import Constraint, GenerationRequest
 
 MAX_STOP_STRINGS = 8
@@ -112,6 +113,17 @@ class SessionHistory(BaseModel):
 class ChatMessage(OpenAIModel):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[dict[str, Any]] | None = Field(None, description="An assistant turn's calls, as we returned them.")
+    tool_call_id: str | None = Field(None, description="A tool turn: which call this is the result of.")
+
+    def turn(self) -> dict[str, Any]:
+        """The message as the engine takes it: one system role, text content, calls and results kept."""
+        turn: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+        if self.tool_calls:
+            turn["tool_calls"] = self.tool_calls
+        if self.tool_call_id:
+            turn["tool_call_id"] = self.tool_call_id
+        return turn
 
     def text(self) -> str:
         if isinstance(self.content, list):  # content parts: keep the text ones
@@ -149,6 +161,27 @@ class ResponseFormat(OpenAIModel):
         return None
 
 
+class FunctionDef(OpenAIModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="The arguments' JSON schema.")
+    strict: bool | None = None
+
+
+class ToolDef(OpenAIModel):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(OpenAIModel):
+    name: str
+
+
+class NamedToolChoice(OpenAIModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatCompletionRequest(OpenAIModel, SamplingFields):
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1, max_length=256)
@@ -158,6 +191,12 @@ class ChatCompletionRequest(OpenAIModel, SamplingFields):
     n: int = Field(1, ge=1, le=1, description="Only one choice is generated.")
     structured_outputs: StructuredOutputs | None = None
     response_format: ResponseFormat | None = None
+    tools: list[ToolDef] | None = Field(None, max_length=128, description="Functions the model may call; calls "
+                                        "are decoded under a grammar from their schemas, so they are always valid.")
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None, description="auto (the default with tools): text or calls; required: at least one call; a named "
+        "function: exactly that call; none: text only.")
+    parallel_tool_calls: bool = Field(True, description="false: at most one call per answer.")
     loop_guard: bool = Field(False, description="Conclave's extension: stop the answer when it starts repeating "
                              "itself. Ignored under a constraint, whose output is kept whole.")
     end_at_sentence: bool = Field(False, description="Conclave's extension: an answer cut by the token budget ends "
@@ -165,20 +204,43 @@ class ChatCompletionRequest(OpenAIModel, SamplingFields):
 
     @model_validator(mode="after")
     def _one_constraint(self) -> ChatCompletionRequest:
-        self.constraint()  # raises ValueError -> 400 when both are given or one is malformed
+        output = self.output_constraint()  # raises ValueError -> 400 when both are given or one is malformed
+        names = [t.function.name for t in self.tools or []]
+        if len(set(names)) < len(names):
+            raise ValueError("tools: each function needs a name of its own")
+        if self.tool_choice not in (None, "none", "auto") and not names:
+            raise ValueError("tool_choice asks for a call, but no tools are given")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            raise ValueError(f"tool_choice names {self.tool_choice.function.name!r}, which is not among the tools")
+        if output and self.calls_tools:
+            raise ValueError("tools cannot be combined with structured_outputs or response_format")
         return self
 
-    def constraint(self) -> Constraint | None:
+    @property
+    def calls_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice != "none"
+
+    def output_constraint(self) -> Constraint | None:
         a = self.structured_outputs.to_constraint() if self.structured_outputs else None
         b = self.response_format.to_constraint() if self.response_format else None
         if a and b:
             raise ValueError("give structured_outputs or response_format, not both")
         return a or b
 
+    def constraint(self) -> Constraint | None:
+        """What the answer must match: the caller's structured output, or valid calls to the caller's tools."""
+        if self.calls_tools:
+            choice = self.tool_choice or "auto"
+            named = choice.model_dump() if isinstance(choice, NamedToolChoice) else choice
+            return tool_constraint(self.tool_dicts(), named, self.parallel_tool_calls)
+        return self.output_constraint()
+
+    def tool_dicts(self) -> list[dict[str, Any]] | None:
+        return [t.model_dump(exclude_none=True) for t in self.tools] if self.calls_tools else None
+
     def to_generation_request(self, system_prompt: str | None, default_max: int, limit: int, timeout_s: float,
                               default_repetition_penalty: float = 1.0) -> GenerationRequest:
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in self.messages if m.role != "tool"]
+        messages = [m.turn() for m in self.messages]
         if system_prompt:
             # The persona speaks first; a caller's own system message follows it as extra instructions.
             messages.insert(0, {"role": "system", "content": system_prompt})
@@ -196,19 +258,32 @@ class ChatCompletionRequest(OpenAIModel, SamplingFields):
             timeout_s=timeout_s,
             loop_guard=self.loop_guard,
             end_at_sentence=self.end_at_sentence,
+            tools=self.tool_dicts(),
         )
 
 
-def _merge_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+def _merge_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Fold every system message into one at the front: chat templates accept a single leading system turn."""
     system = "\n\n".join(m["content"] for m in messages if m["role"] == "system" and m["content"])
     rest = [m for m in messages if m["role"] != "system"]
     return [{"role": "system", "content": system}, *rest]
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = Field(description="JSON text that matches the function's parameters schema.")
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChoiceMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class CompletionChoice(BaseModel):
@@ -226,9 +301,17 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage
 
 
+class ToolCallDelta(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCall
+
+
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(BaseModel):

@@ -38,6 +38,8 @@ class EngineSettings(BaseSettings):
     )
     remote_model: str | None = Field(None, description="Model name to send to the remote server.")
     remote_api_key: str | None = Field(None, description="Bearer key for the remote server.")
+    remote_dialect: Literal["auto", "vllm", "llamacpp", "tgi", "ollama", "openai"] = Field(
+        "auto", description="How constraints are sent to the remote server; auto: detected from what it serves.")
     threads: int = Field(
         0, ge=0, le=1024, description="CPU threads of the local engine. 0: half the cores (at least one), because "
         "the experts of one host decode at the same time in a panel, and two processes that each spin on every core "

@@ -22,12 +22,15 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from common.engine.types import (
+    ConstraintViolated,
     EngineError,
     EngineNotReady,
     EngineOverloaded,
     GenerationCancelled,
     GenerationTimeout,
     InvalidConstraint,
+    RequestRejected,
+    UpstreamError,
 )
 from common.protocol import ID_PATTERN, ErrorDetail, ErrorResponse
 from common.settings import WebSettings
@@ -54,7 +57,10 @@ ENGINE_STATUS: dict[type, tuple[int, str]] = {
     EngineOverloaded: (429, "rate_limit_exceeded"),
     GenerationTimeout: (504, "timeout"),
     InvalidConstraint: (400, "invalid_request_error"),
+    RequestRejected: (400, "invalid_request_error"),
     GenerationCancelled: (499, "cancelled"),
+    ConstraintViolated: (502, "upstream_error"),
+    UpstreamError: (502, "upstream_error"),
 }
 
 

@@ -10,6 +10,7 @@ expert and close runners-up). The loop only decides whom to ask: the answer is w
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -20,9 +21,12 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.prompts import PromptTemplate
 from langchain_core.tools import Tool
 
+from common.engine.types import EngineError
 from orchestrator.llm import Decided, EngineLLM
 from orchestrator.routing import Ranked
 from orchestrator.trace import RunTrace
+
+log = logging.getLogger(__name__)
 
 ITERATION_LIMIT_MESSAGE = "Agent stopped due to iteration limit or time limit."
 THOUGHT_MAX_CHARS = 200
@@ -47,29 +51,60 @@ Final Answer: one line saying what the answer covers
 Task: {input}
 Thought:{agent_scratchpad}"""
 )
+FINAL = "Final Answer"
 # When the routing policy leaves nothing to decide (every expert it allows has answered), the step is this text and
 # the model is not called.
 FINISHED = Decided(" The experts the task needs have answered.\nFinal Answer: composed from their answers")
 
 
-def react_grammar(tools: list[str], allow_final: bool, question: str | None = None) -> str:
-    """EBNF for one ReAct step (the text after 'Thought:').
+@dataclass(frozen=True)
+class StepForm:
+    """What one ReAct step (the text after 'Thought:') may say: name only ``tools`` (none: it must finish), finish
+    only if ``allow_final``, and when ``question`` is given ask exactly that. Finishing takes one line: the composer
+    writes the answer.
 
-    The step may name only ``tools`` (none: it must finish), finish only if ``allow_final``, and when ``question``
-    is given the Action Input is exactly that text. Finishing takes one line: the composer writes the answer.
-    """
-    branches = (["action"] if tools else []) + (["final"] if allow_final or not tools else [])
-    free_question = f"[^\\n]{{1,{INPUT_MAX_CHARS}}}"
-    question_rule = json.dumps(question, ensure_ascii=False) if question is not None else free_question
-    rules = [
-        f"root ::= thought \"\\n\" ({' | '.join(branches)})",
-        f"thought ::= \" \" [^\\n]{{1,{THOUGHT_MAX_CHARS}}}",
-        f'final ::= "Final Answer: " [^\\n]{{1,{THOUGHT_MAX_CHARS}}}',
-    ]
-    if tools:
-        rules += [f"action ::= \"Action: \" tool \"\\nAction Input: \" {question_rule}",
-                  f"tool ::= {' | '.join(json.dumps(t) for t in tools)}"]
-    return "\n".join(rules)
+    A server that takes grammars decodes the step as ReAct text under ``grammar()``; one that takes only JSON schemas
+    (OpenAI, Ollama, TGI) decodes ``schema()``, and ``from_json`` writes the same ReAct text from it, so the agent
+    and its parser see one format whichever server runs the brain."""
+
+    tools: tuple[str, ...]
+    allow_final: bool
+    question: str | None = None
+
+    @property
+    def may_finish(self) -> bool:
+        return self.allow_final or not self.tools
+
+    def grammar(self) -> str:
+        branches = (["action"] if self.tools else []) + (["final"] if self.may_finish else [])
+        free_question = f"[^\\n]{{1,{INPUT_MAX_CHARS}}}"
+        question_rule = json.dumps(self.question, ensure_ascii=False) if self.question is not None else free_question
+        rules = [
+            f"root ::= thought \"\\n\" ({' | '.join(branches)})",
+            f"thought ::= \" \" [^\\n]{{1,{THOUGHT_MAX_CHARS}}}",
+            f'final ::= "Final Answer: " [^\\n]{{1,{THOUGHT_MAX_CHARS}}}',
+        ]
+        if self.tools:
+            rules += [f"action ::= \"Action: \" tool \"\\nAction Input: \" {question_rule}",
+                      f"tool ::= {' | '.join(json.dumps(t) for t in self.tools)}"]
+        return "\n".join(rules)
+
+    def schema(self) -> dict:
+        actions = [*self.tools, *([FINAL] if self.may_finish else [])]
+        question = ({"type": "string", "enum": [self.question]} if self.question is not None
+                    else {"type": "string", "minLength": 1, "maxLength": INPUT_MAX_CHARS})
+        return {"type": "object", "additionalProperties": False, "required": ["thought", "action", "input"],
+                "properties": {"thought": {"type": "string", "minLength": 1, "maxLength": THOUGHT_MAX_CHARS},
+                               "action": {"type": "string", "enum": actions},
+                               "input": question}}
+
+    def from_json(self, text: str) -> str:
+        """The ReAct text a JSON step stands for; its fields are single lines, as the grammar's are."""
+        step = json.loads(text)
+        thought, action, value = (" ".join(str(step[k]).split()) for k in ("thought", "action", "input"))
+        if action == FINAL:
+            return f" {thought}\nFinal Answer: {value}"
+        return f" {thought}\nAction: {action}\nAction Input: {self.question if self.question is not None else value}"
 
 
 class GrammarStepParser(AgentOutputParser):
@@ -108,17 +143,17 @@ class RoutingPolicy:
     mode: str
     reasons: dict[str, str]
 
-    def next_grammar(self, consulted: list[str], answered: list[str]) -> tuple[str | Decided, str]:
+    def next_step(self, consulted: list[str], answered: list[str]) -> tuple[StepForm | Decided, str]:
         pending = [t for t in self.required if t not in consulted]
         if pending:
-            return react_grammar([pending[0]], allow_final=False, question=self.task), "ranking"
+            return StepForm((pending[0],), allow_final=False, question=self.task), "ranking"
         if self.mode != "ranking" or not consulted:
-            return react_grammar(self.tools, allow_final=bool(consulted)), "llm"
+            return StepForm(tuple(self.tools), allow_final=bool(consulted)), "llm"
         if not answered:  # every chosen expert failed: the best-ranked one left stands in for them
             spare = [t for t in self.tools if t not in consulted]
             if spare:
                 self.reasons[spare[0]] = f"stands in for {', '.join(consulted)}, which did not answer"
-                return react_grammar([spare[0]], allow_final=False, question=self.task), "ranking"
+                return StepForm((spare[0],), allow_final=False, question=self.task), "ranking"
         return FINISHED, "ranking"
 
     def reason(self, name: str, thought: str) -> str:
@@ -159,9 +194,9 @@ def run_react(engine, task: str, experts: list, ranking: list[Ranked], trace: Ru
     capture = _ThoughtCapture()
     chosen: dict[str, str] = {}
 
-    def grammar_for(prompt: str) -> str | Decided:
-        grammar, chosen["by"] = policy.next_grammar(trace.consulted, trace.answered)
-        return grammar
+    def step_for(prompt: str) -> StepForm | Decided:
+        step, chosen["by"] = policy.next_step(trace.consulted, trace.answered)
+        return step
 
     def make_tool(expert) -> Tool:
         def consult(question: str) -> str:
@@ -176,15 +211,24 @@ def run_react(engine, task: str, experts: list, ranking: list[Ranked], trace: Ru
     # A step is a thought, an expert's name and a question, which may be the whole task: room for all of it (two
     # tokens a character covers CJK text), so a long task is never cut off mid-step.
     step_tokens = 64 + THOUGHT_MAX_CHARS + 2 * max(len(task), INPUT_MAX_CHARS)
-    llm = EngineLLM(engine=engine, grammar_for=grammar_for, timeout_s=timeout_s, max_new_tokens=min(step_tokens, 4096))
+    llm = EngineLLM(engine=engine, step_for=step_for, timeout_s=timeout_s, max_new_tokens=min(step_tokens, 4096))
     prompt = PROMPT.partial(ranking=", ".join(f"{r.name} {r.score:.2f}" for r in ranked))
     agent = create_react_agent(llm, tools, prompt, output_parser=GrammarStepParser())
     executor = AgentExecutor(agent=agent, tools=tools, max_iterations=max_steps, max_execution_time=timeout_s,
                              early_stopping_method="force", handle_parsing_errors=True)
-    result = executor.invoke({"input": task}, config={"callbacks": [capture]})
-    for name in policy.required:  # a step that did not come out whole must not cost the run its experts
+    try:
+        output = (executor.invoke({"input": task}, config={"callbacks": [capture]}).get("output") or "").strip()
+    except EngineError as exc:  # a remote brain whose step broke its constraint twice, or failed: the ranking decides
+        log.warning("ReAct step failed, the run degrades to the ranking's choice: %s", exc)
+        output = ""
+    # A step that did not come out whole must not cost the run its experts: the ranking's choice is asked directly.
+    # With the model choosing freely (routing 'llm'), that is the first-ranked expert when nobody was consulted.
+    if not policy.required and not trace.consulted and ranked:
+        policy.reasons[ranked[0].name] = f"ranked first for this task (similarity {ranked[0].score:.2f})"
+        policy.required.append(ranked[0].name)
+    for name in policy.required:
         if name not in trace.consulted:
             trace.consult(by_name[name], task, "", "ranking", ranking_record if not trace.steps else None,
                           expert_max_new_tokens, reason=f"{policy.reasons[name]}; asked directly, as the model's "
                           "step did not name it")
-    return (result.get("output") or "").strip() in ("", ITERATION_LIMIT_MESSAGE)
+    return output in ("", ITERATION_LIMIT_MESSAGE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from common.engine.types import EngineError, Generation, GenerationRequest
+from common.engine.types import CONSTRAINT_KINDS, EngineError, Generation, GenerationRequest
 
 
 class FakeEngine:
@@ -18,8 +18,9 @@ class FakeEngine:
     runtime = {"dtype": "fake"}
 
     def __init__(self, answer="Hello from the fake engine.", ready: bool = True, error: EngineError | None = None,
-                 delay_s: float = 0.0):
+                 delay_s: float = 0.0, kinds: frozenset[str] = CONSTRAINT_KINDS):
         self.answer = answer
+        self.kinds = kinds
         self.ready = ready
         self.error = error
         self.delay_s = delay_s
@@ -33,6 +34,15 @@ class FakeEngine:
 
     def start(self) -> FakeEngine:
         return self
+
+    def stop(self) -> None:
+        pass
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self.ready
+
+    def accepts(self, kind: str) -> bool:
+        return kind in self.kinds
 
     def submit(self, request: GenerationRequest) -> Generation:
         if self.error is not None:
@@ -61,21 +71,23 @@ class Truncated(str):
 class ScriptedEngine(FakeEngine):
     """The orchestrator's brain in unit tests: answers from a script, one entry per call.
 
-    An entry is a string or a function of the request. Every answer given under a grammar is checked against that
-    grammar with xgrammar, so a script cannot pass a test with a step the real engine could never produce.
+    An entry is a string or a function of the request. Every answer given under a constraint is checked against it
+    (with xgrammar, or jsonschema for JSON), so a script cannot pass a test with a step the real engine could never
+    produce.
     """
 
-    def __init__(self, script):
-        super().__init__()
+    def __init__(self, script, kinds: frozenset[str] = CONSTRAINT_KINDS):
+        super().__init__(kinds=kinds)
         self.script = list(script)
 
     def submit(self, request: GenerationRequest) -> Generation:
-        from xgrammar.testing import _is_grammar_accept_string
+        from common.engine.checking import satisfies
 
         entry = self.script.pop(0) if self.script else "Final Answer: out of script"
         text = entry(request) if callable(entry) else entry
         if request.constraint is not None and not isinstance(text, Truncated):
-            assert _is_grammar_accept_string(request.constraint.value, text), (text, request.constraint.value)
+            assert self.accepts(request.constraint.kind), request.constraint.kind
+            assert satisfies(request.constraint, text), (text, request.constraint.value)
         self.requests.append(request)
         gen = Generation(request)
         gen.push(text)

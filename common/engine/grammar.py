@@ -33,6 +33,8 @@ class GrammarCompiler:
                 return self._compiler.compile_regex(str(constraint.value))
             if constraint.kind == "choice":
                 return self._compiler.compile_grammar(choice_to_ebnf(constraint.value))  # type: ignore[arg-type]
+            if constraint.kind == "structural_tag":
+                return self._compiler.compile_structural_tag(str(constraint.value))
             if constraint.kind == "json":
                 schema = constraint.value
                 if schema in (None, True, {}, "object"):

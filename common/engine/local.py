@@ -30,7 +30,9 @@ from common.text import MAX_PERIOD, loop_start, sentence_cut
 from .decoding import Decoder, make_decoder
 from .grammar import GrammarCompiler, mask_logits
 from .loading import load_model
+from .tools import for_template, template_knows_tools, with_tools_prompt
 from .types import (
+    CONSTRAINT_KINDS,
     EngineError,
     EngineNotReady,
     EngineOverloaded,
@@ -149,6 +151,10 @@ class LocalEngine:
     def waiting(self) -> int:
         return self._queue.qsize()
 
+    def accepts(self, kind: str) -> bool:
+        """Every kind of constraint: xgrammar masks the logits here."""
+        return kind in CONSTRAINT_KINDS
+
     @property
     def runtime(self) -> dict[str, object]:
         """Where and how the model runs, for /ready: in bfloat16 a greedy answer may change with the batch around it
@@ -183,7 +189,7 @@ class LocalEngine:
         """Queue a request. Tokenizing and grammar compilation happen here, in the caller's thread."""
         if not self.ready:
             raise EngineNotReady(self.status, retry_after=5)
-        prompt_ids = self._tokens(request.messages, generation_prompt=True)
+        prompt_ids = self._tokens(request.messages, generation_prompt=True, tools=request.tools)
         if len(prompt_ids) + request.max_new_tokens > self.max_positions:
             raise PromptTooLong(
                 f"prompt of {len(prompt_ids)} tokens plus max_new_tokens {request.max_new_tokens} exceeds the "
@@ -194,26 +200,33 @@ class LocalEngine:
             matcher = self.grammars.matcher(self.grammars.compile(request.constraint))
         gen = Generation(request)
         try:
-            self._queue.put_nowait(_Row(gen, prompt_ids, self._system_prefix_len(request.messages, prompt_ids),
+            self._queue.put_nowait(_Row(gen, prompt_ids, self._system_prefix_len(request.messages, prompt_ids,
+                                                                                     request.tools),
                                         matcher))
         except queue.Full:
             raise EngineOverloaded(f"{self._queue.maxsize} requests are already waiting", retry_after=2) from None
         return gen
 
-    def _system_prefix_len(self, messages: list[dict], prompt_ids: list[int]) -> int:
+    def _system_prefix_len(self, messages: list[dict], prompt_ids: list[int], tools: list[dict] | None) -> int:
         """How many leading prompt tokens render the system message alone, or 0.
 
         Every request to an expert starts with its persona, so the decoder can keep those tokens computed. The count
         is used only where the system message renders as a true token prefix of the whole prompt."""
-        if not messages or messages[0]["role"] != "system":
-            return 0
+        if not messages or messages[0]["role"] != "system" or tools:
+            return 0  # a system message with a caller's tools in it is no persona's prefix: not worth a cache slot
         head = self._tokens(messages[:1], generation_prompt=False)
         fits = len(head) < len(prompt_ids) and prompt_ids[: len(head)] == head
         return len(head) if fits else 0
 
-    def _tokens(self, messages: list[dict], generation_prompt: bool) -> list[int]:
+    def _tokens(self, messages: list[dict], generation_prompt: bool, tools: list[dict] | None = None) -> list[int]:
+        extra = {}
+        if tools or any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
+            if template_knows_tools(self.tokenizer.chat_template):
+                extra, messages = {"tools": tools}, for_template(messages)
+            else:
+                messages = with_tools_prompt(messages, tools)
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True,
-                                                 return_dict=False)
+                                                 return_dict=False, **extra)
         return list(ids["input_ids"] if hasattr(ids, "input_ids") else ids)
 
     # ---- scheduler thread ---------------------------------------------------------------------------------------

@@ -1,18 +1,26 @@
-"""The engine interface over any OpenAI-compatible server (vLLM, TGI, Ollama, or one of our experts' /v1).
+"""The engine interface over any OpenAI-compatible server: vLLM, llama.cpp's llama-server, TGI, Ollama, OpenAI, or
+one of our own experts' /v1. Built on the ``openai`` SDK.
 
-Each request is one streaming ``/chat/completions`` call on its own thread; the server does the batching, so this
-engine simply forwards concurrency. Constraints travel as vLLM's ``structured_outputs``.
+Each request runs on its own thread; the server does the batching, so this engine simply forwards concurrency.
+Constraints go out in the server's own dialect (``dialects``), detected once the server answers or set by
+``REMOTE_DIALECT``. A constrained answer is never streamed as it comes: it is checked whole (``checking``), asked
+again once if it breaks the constraint, and then either passed on or refused with a 502 naming the server.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
+import time
 
-import requests
+import httpx
+import openai
 
+from . import tools as tool_calls
+from .checking import satisfies
+from .dialects import DIALECTS, Dialect, Wire, detect
 from .types import (
+    ConstraintViolated,
     EngineError,
     EngineNotReady,
     EngineOverloaded,
@@ -20,56 +28,78 @@ from .types import (
     GenerationCancelled,
     GenerationRequest,
     GenerationTimeout,
-    InvalidConstraint,
+    RequestRejected,
+    UpstreamError,
 )
 
 log = logging.getLogger(__name__)
 
+READY_TTL_S = 10.0  # /ready and every submit read the cached state; the server is asked again after this long
+
 
 class RemoteEngine:
     def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None,
-                 connect_timeout_s: float = 5.0, session: requests.Session | None = None):
+                 dialect: str = "auto", connect_timeout_s: float = 5.0, client: openai.OpenAI | None = None):
         self.base_url = base_url.rstrip("/")
         self.model_name = model or ""
         self.model_spec = self.base_url
+        self._timeout = httpx.Timeout(600.0, connect=connect_timeout_s)
+        self._client = client or openai.OpenAI(base_url=self.base_url, api_key=api_key or "none", max_retries=0,
+                                               timeout=self._timeout)
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._connect_timeout = connect_timeout_s
-        self._http = session or requests.Session()
+        self.dialect: Dialect | None = None if dialect == "auto" else DIALECTS[dialect]
         self.load_error: str | None = None
         self.running_rows = 0
         self._lock = threading.Lock()
+        self._checked_at = float("-inf")
+        self._ready = False
 
     @classmethod
     def from_settings(cls, settings) -> RemoteEngine:
-        return cls(settings.remote_url, settings.remote_model, settings.remote_api_key)
+        return cls(settings.remote_url, settings.remote_model, settings.remote_api_key, settings.remote_dialect)
 
     def start(self) -> RemoteEngine:
         return self
 
     def stop(self) -> None:
-        self._http.close()
+        self._client.close()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self.ready
 
     @property
     def runtime(self) -> dict[str, object]:
-        return {"remote": self.base_url}
+        return {"remote": self.base_url, "dialect": self.dialect.name if self.dialect else None}
 
     @property
     def ready(self) -> bool:
-        """Ready when the server lists its models; the first listed model is used unless one was configured."""
+        """Ready when the server lists its models (the first is used unless one was configured). Cached for
+        READY_TTL_S: a probe must not cost every request a round trip."""
+        if time.monotonic() - self._checked_at < READY_TTL_S:
+            return self._ready
         try:
-            resp = self._http.get(f"{self.base_url}/models", headers=self._headers, timeout=self._connect_timeout)
-            resp.raise_for_status()
-            models = [m["id"] for m in resp.json().get("data", [])]
-        except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
+            models = [m.model_dump() for m in self._client.with_options(timeout=self._connect_timeout).models.list()]
+        except openai.OpenAIError as exc:
             self.load_error = f"remote server {self.base_url} is not answering: {exc}"
-            return False
-        self.load_error = None
-        if not self.model_name and models:
-            self.model_name = models[0]
-        return True
+            self._ready = False
+        else:
+            self.load_error = None
+            if not self.model_name and models:
+                self.model_name = models[0]["id"]
+            if self.dialect is None:
+                self.dialect = detect(self.base_url, models, self._get_json)
+                log.info("remote server %s speaks the %s dialect", self.base_url, self.dialect.name)
+            self._ready = True
+        self._checked_at = time.monotonic()
+        return self._ready
+
+    def _get_json(self, url: str) -> object:
+        try:
+            resp = httpx.get(url, headers=self._headers, timeout=self._connect_timeout)
+            return resp.json() if resp.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
 
     @property
     def status(self) -> str:
@@ -79,97 +109,125 @@ class RemoteEngine:
     def waiting(self) -> int:
         return 0
 
-    def payload(self, request: GenerationRequest) -> dict:
-        body: dict = {
-            "model": self.model_name,
-            "messages": request.messages,
-            "max_tokens": request.max_new_tokens,
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if request.repetition_penalty != 1.0:
-            body["repetition_penalty"] = request.repetition_penalty  # vLLM's and TGI's extra parameter
-        if request.min_new_tokens:
-            body["min_tokens"] = request.min_new_tokens  # vLLM's name
+    def accepts(self, kind: str) -> bool:
+        """Whether the server takes this kind of constraint (a caller may then choose another form)."""
+        return self.dialect is not None and self.dialect.accepts(kind)
+
+    def body(self, request: GenerationRequest) -> tuple[dict, Wire | None]:
+        """The request body (as keyword arguments of the SDK's ``create``) and, under a constraint, its wire form.
+
+        Raises UnsupportedConstraint before anything is sent when the server cannot take the constraint."""
+        assert self.dialect is not None
+        messages = tool_calls.with_tools_prompt(request.messages, request.tools) if request.tools else request.messages
+        kwargs: dict = {"model": self.model_name, "messages": messages, "max_tokens": request.max_new_tokens,
+                        "temperature": request.temperature, "top_p": request.top_p}
         if request.stop:
-            body["stop"] = request.stop
+            kwargs["stop"] = request.stop
+        extra = self.dialect.sampling(request)
+        wire = None
         if request.constraint is not None:
-            body["structured_outputs"] = {request.constraint.kind: request.constraint.value}
-        return body
+            wire = self.dialect.wire(request.constraint, self.base_url)
+            extra |= wire.fields
+        if extra:
+            kwargs["extra_body"] = extra
+        return kwargs, wire
 
     def submit(self, request: GenerationRequest) -> Generation:
-        if not self.model_name and not self.ready:
+        if not self.ready:
             raise EngineNotReady(self.status, retry_after=5)
+        kwargs, wire = self.body(request)
         gen = Generation(request)
-        threading.Thread(target=self._run, args=(gen,), name="remote-generation", daemon=True).start()
+        threading.Thread(target=self._run, args=(gen, kwargs, wire), name="remote-generation", daemon=True).start()
         return gen
 
-    def _run(self, gen: Generation) -> None:
+    def _run(self, gen: Generation, kwargs: dict, wire: Wire | None) -> None:
         with self._lock:
             self.running_rows += 1
         try:
-            self._stream(gen)
-        except requests.Timeout:
-            gen.fail(GenerationTimeout(f"remote server {self.base_url} did not answer in time"))
-        except requests.RequestException as exc:
-            gen.fail(EngineNotReady(f"remote server {self.base_url} failed: {exc}", retry_after=5))
+            if wire is None:
+                self._stream(gen, kwargs)
+            else:
+                self._checked(gen, kwargs, wire)
         except EngineError as exc:
             gen.fail(exc)
-        except Exception as exc:  # a malformed stream must end this request, never the thread silently
+        except openai.OpenAIError as exc:
+            gen.fail(self._error(exc))
+        except Exception as exc:  # a malformed answer must end this request, never the thread silently
             log.exception("remote generation failed")
-            gen.fail(EngineError(f"remote server {self.base_url} sent an unreadable answer: {exc}"))
+            gen.fail(UpstreamError(f"remote server {self.base_url} sent an unreadable answer: {exc}"))
         finally:
             with self._lock:
                 self.running_rows -= 1
 
-    def _stream(self, gen: Generation) -> None:
-        request = gen.request
-        with self._http.post(f"{self.base_url}/chat/completions", json=self.payload(request), headers=self._headers,
-                             stream=True, timeout=(self._connect_timeout, request.timeout_s)) as resp:
-            if resp.status_code >= 400:
-                raise _remote_error(resp)
-            prompt_tokens = completion_tokens = 0
-            finish_reason = "stop"
-            started = False
-            for line in resp.iter_lines(decode_unicode=True):
+    def _stream(self, gen: Generation, kwargs: dict) -> None:
+        stream = self._client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True},
+                                                      timeout=gen.request.timeout_s)
+        prompt_tokens = completion_tokens = 0
+        usage_seen = False
+        finish_reason = "stop"
+        started = False
+        with stream:
+            for chunk in stream:
                 if gen.cancelled:
                     gen.fail(GenerationCancelled("client went away"))
                     return
-                if not line or not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                chunk = json.loads(data)
-                for choice in chunk.get("choices") or []:
-                    text = (choice.get("delta") or {}).get("content") or ""
+                for choice in chunk.choices or []:
+                    text = (choice.delta.content if choice.delta else None) or ""
                     if not started:  # the answer is trimmed, as the local engine trims it
                         text = text.lstrip()
                         started = bool(text)
                     gen.push(text)
                     completion_tokens += 1 if text else 0
-                    finish_reason = choice.get("finish_reason") or finish_reason
-                usage = chunk.get("usage")
-                if usage:
-                    prompt_tokens = usage.get("prompt_tokens", prompt_tokens)
-                    completion_tokens = usage.get("completion_tokens", completion_tokens)
-            gen.finish(prompt_tokens, completion_tokens, finish_reason)
+                    finish_reason = choice.finish_reason or finish_reason
+                if chunk.usage is not None:
+                    usage_seen = True
+                    prompt_tokens, completion_tokens = chunk.usage.prompt_tokens, chunk.usage.completion_tokens
+        if not usage_seen:
+            log.debug("remote server %s sent no usage; completion tokens counted from its chunks", self.base_url)
+        gen.finish(prompt_tokens, completion_tokens, finish_reason)
+
+    def _checked(self, gen: Generation, kwargs: dict, wire: Wire) -> None:
+        """Ask, check the whole answer against the constraint, ask once more if it broke it, then answer or refuse."""
+        constraint = gen.request.constraint
+        assert constraint is not None and self.dialect is not None
+        for _attempt in range(2):
+            completion = self._client.chat.completions.create(**kwargs, timeout=gen.request.timeout_s)
+            choice = completion.choices[0]
+            text = wire.unwrap(choice.message.content or "")
+            if satisfies(constraint, text) or satisfies(constraint, text := text.strip()):
+                usage = completion.usage
+                gen.push(text)
+                gen.finish(usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0,
+                           choice.finish_reason or "stop")
+                return
+            log.warning("%s at %s broke a %s constraint: %.200r", self.dialect.label, self.base_url,
+                        constraint.kind, text)
+        raise ConstraintViolated(f"the {self.dialect.label} at {self.base_url} answered twice outside the "
+                                 f"{constraint.kind} constraint; nothing was passed on")
+
+    def _error(self, exc: openai.OpenAIError) -> EngineError:
+        """The SDK's errors as the engine's: the web layer maps these to 429, 503, 504, 400 and 502."""
+        where = f"remote server {self.base_url}"
+        if isinstance(exc, openai.APITimeoutError):
+            return GenerationTimeout(f"{where} did not answer in time")
+        if isinstance(exc, openai.APIConnectionError):
+            return EngineNotReady(f"{where} could not be reached: {exc}", retry_after=5)
+        if isinstance(exc, openai.APIStatusError):
+            retry = _retry_after(exc.response)
+            message = f"{where} answered {exc.status_code}: {exc.message}"
+            if exc.status_code == 429:
+                return EngineOverloaded(message, retry_after=retry or 2)
+            if exc.status_code == 503:
+                return EngineNotReady(message, retry_after=retry or 5)
+            if exc.status_code == 504:
+                return GenerationTimeout(message)
+            if exc.status_code in (400, 422):
+                return RequestRejected(message)
+        return UpstreamError(f"{where} failed: {exc}")
 
 
-def _remote_error(resp: requests.Response) -> EngineError:
+def _retry_after(response: httpx.Response) -> float | None:
     try:
-        message = resp.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        message = resp.text[:500]
-    retry = float(resp.headers.get("Retry-After", 2))
-    if resp.status_code == 429:
-        return EngineOverloaded(f"remote server is busy: {message}", retry_after=retry)
-    if resp.status_code == 503:
-        return EngineNotReady(f"remote server is not ready: {message}", retry_after=retry)
-    if resp.status_code == 504:
-        return GenerationTimeout(f"remote server timed out: {message}")
-    if resp.status_code == 400:
-        return InvalidConstraint(f"remote server refused the request: {message}")
-    return EngineError(f"remote server answered {resp.status_code}: {message}")
+        return float(response.headers.get("Retry-After", ""))
+    except ValueError:
+        return None

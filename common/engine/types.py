@@ -11,9 +11,10 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
-ConstraintKind = Literal["grammar", "regex", "choice", "json"]
+ConstraintKind = Literal["grammar", "regex", "choice", "json", "structural_tag"]
+CONSTRAINT_KINDS: frozenset[str] = frozenset(get_args(ConstraintKind))
 
 
 class EngineError(Exception):
@@ -42,13 +43,38 @@ class InvalidConstraint(EngineError):
     code = "invalid_constraint"
 
 
+class UnsupportedConstraint(InvalidConstraint):
+    """The server behind a remote engine cannot take this kind of constraint: refused before anything is sent."""
+
+    code = "unsupported_constraint"
+
+
+class ConstraintViolated(EngineError):
+    """A remote server's answer broke the request's constraint, twice: never passed on as an answer."""
+
+    code = "constraint_violated"
+
+
+class UpstreamError(EngineError):
+    """A remote server failed or answered something unreadable."""
+
+    code = "upstream_error"
+
+
+class RequestRejected(EngineError):
+    """A remote server refused the request as malformed (its 400)."""
+
+    code = "rejected_by_server"
+
+
 class GenerationCancelled(EngineError):
     code = "cancelled"
 
 
 @dataclass(frozen=True)
 class Constraint:
-    """Output constraint in vLLM's ``structured_outputs`` terms. ``value`` is EBNF, a regex, a list, or a schema."""
+    """Output constraint in vLLM's ``structured_outputs`` terms. ``value`` is EBNF, a regex, a list, a schema, or an
+    xgrammar structural tag (tool calls)."""
 
     kind: ConstraintKind
     value: object
@@ -56,7 +82,7 @@ class Constraint:
 
 @dataclass
 class GenerationRequest:
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]  # OpenAI-shaped turns; an assistant turn may carry tool_calls
     max_new_tokens: int = 512
     min_new_tokens: int = 0
     temperature: float = 0.0
@@ -69,6 +95,8 @@ class GenerationRequest:
     loop_guard: bool = False
     # An answer cut by max_new_tokens (or by the loop guard) ends at its last complete sentence, not mid-word.
     end_at_sentence: bool = False
+    # Function tools (OpenAI's shape) the model is told about; the constraint, when there is one, keeps calls valid.
+    tools: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -165,3 +193,36 @@ class Generation:
             raise self._error
         assert self._result is not None
         return self._result
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What every engine offers (local batched, remote server, the tests' fakes); services hold one of these."""
+
+    model_name: str
+    model_spec: str
+    running_rows: int
+
+    def start(self) -> Engine: ...
+
+    def stop(self) -> None: ...
+
+    def wait_ready(self, timeout: float | None = None) -> bool: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def waiting(self) -> int: ...
+
+    @property
+    def runtime(self) -> dict[str, object]: ...
+
+    def accepts(self, kind: str) -> bool:
+        """Whether a constraint of this kind can be honoured (a remote server may take only JSON schemas)."""
+        ...
+
+    def submit(self, request: GenerationRequest) -> Generation: ...

@@ -6,9 +6,11 @@ import json
 
 import pytest
 
+from common.engine.checking import satisfies
+from common.engine.types import CONSTRAINT_KINDS, Constraint
 from common.settings import OrchestratorSettings
 from orchestrator.app import create_app
-from orchestrator.react import GrammarStepParser, react_grammar
+from orchestrator.react import GrammarStepParser, StepForm
 from orchestrator.routing import Router
 from tests.fakes import KeywordEmbedder, ScriptedEngine, Truncated
 from tests.services import free_port
@@ -16,9 +18,9 @@ from tests.services import free_port
 LAW_TASK = "What does the GDPR regulation require of a contract?"
 
 
-def make_client(tmp_path, urls, script, **settings):
+def make_client(tmp_path, urls, script, kinds=CONSTRAINT_KINDS, **settings):
     s = OrchestratorSettings(expert_urls=",".join(urls), data_dir=tmp_path / "orch", retries=0, **settings)
-    brain = ScriptedEngine(script)
+    brain = ScriptedEngine(script, kinds)
     app = create_app(s, llm=brain, router_factory=lambda: Router(KeywordEmbedder()))
     _wait_router(app)
     return app.test_client(), brain
@@ -152,18 +154,71 @@ def test_parser_reads_structure_not_keywords():
 
 
 def test_grammar_admits_only_valid_steps():
-    from xgrammar.testing import _is_grammar_accept_string as accepts
+    def accepts(form: StepForm, text: str) -> bool:
+        return satisfies(Constraint("grammar", form.grammar()), text)
 
-    g = react_grammar(["a_expert", "b_expert"], allow_final=True)
+    g = StepForm(("a_expert", "b_expert"), allow_final=True)
     assert accepts(g, " think\nAction: a_expert\nAction Input: why?")
     assert accepts(g, " think\nFinal Answer: done")
     assert not accepts(g, " think\nFinal Answer: done\nwith lines")  # one line: the composer writes the answer
     assert not accepts(g, " think\nAction: c_expert\nAction Input: why?")
     assert not accepts(g, "Invalid Format: Missing 'Action:'")
-    assert not accepts(react_grammar(["a_expert"], allow_final=False), " t\nFinal Answer: no")
-    exact = react_grammar(["a_expert"], False, question="exact task")
+    assert not accepts(StepForm(("a_expert",), allow_final=False), " t\nFinal Answer: no")
+    exact = StepForm(("a_expert",), False, question="exact task")
     assert accepts(exact, " t\nAction: a_expert\nAction Input: exact task")
     assert not accepts(exact, " t\nAction: a_expert\nAction Input: other")
+
+
+def test_json_step_admits_the_same_steps_and_reads_back_as_react_text():
+    """Servers without grammars (OpenAI, Ollama, TGI) decode the step as JSON; the agent sees the same ReAct text."""
+    form = StepForm(("a_expert", "b_expert"), allow_final=True)
+    schema = Constraint("json", form.schema())
+    step = json.dumps({"thought": "need law\nnow", "action": "a_expert", "input": "why?"})
+    assert satisfies(schema, step)
+    assert form.from_json(step) == " need law now\nAction: a_expert\nAction Input: why?"
+    assert satisfies(Constraint("grammar", form.grammar()), form.from_json(step))
+    done = json.dumps({"thought": "enough", "action": "Final Answer", "input": "both answered"})
+    assert form.from_json(done) == " enough\nFinal Answer: both answered"
+    assert not satisfies(schema, json.dumps({"thought": "t", "action": "c_expert", "input": "x"}))
+    forced = StepForm(("a_expert",), allow_final=False, question="the task")
+    assert not satisfies(Constraint("json", forced.schema()), done)
+    assert not satisfies(Constraint("json", forced.schema()), json.dumps({"thought": "t", "action": "a_expert",
+                                                                          "input": "another question"}))
+
+
+def test_a_brain_without_grammars_gets_json_steps_and_still_consults(tmp_path, live_expert):
+    """The orchestrator on a JSON-only server: its steps go out as JSON schemas and the ranking's expert answers."""
+    law = live_expert("law_expert", "Article 28 requires a processing contract.")
+    ai = live_expert("ai_expert", "Use encryption.")
+
+    def json_step(request):
+        question = request.constraint.value["properties"]["input"]["enum"][0]
+        return json.dumps({"thought": "The lawyer knows this.", "action": "law_expert", "input": question})
+
+    client, brain = make_client(tmp_path, [ai.url, law.url], [json_step], kinds=frozenset({"json", "choice"}))
+    body = client.post("/integrate", json={"task": LAW_TASK}).get_json()
+    assert body["experts"] == ["law_expert"] and not body["fallback"]
+    assert body["response"] == "Article 28 requires a processing contract."
+    assert body["steps"][0]["thought"] == "The lawyer knows this." and body["steps"][0]["input"] == LAW_TASK
+    assert [r.constraint.kind for r in brain.requests if r.constraint] == ["json"]
+
+
+@pytest.mark.parametrize("routing", ["ranking", "llm"])
+def test_a_step_the_server_cannot_get_right_degrades_to_the_rankings_choice(tmp_path, live_expert, routing):
+    """A remote brain that breaks its step's constraint twice: the run still asks the ranking's first expert, says it
+    fell back, and answers with what that expert said, never with text of the brain's own."""
+    from common.engine.types import ConstraintViolated
+
+    def broken(request):
+        raise ConstraintViolated("the llama.cpp server at http://x answered twice outside the grammar constraint")
+
+    law = live_expert("law_expert", "Article 28 requires a processing contract.")
+    ai = live_expert("ai_expert", "Use encryption.")
+    client, _ = make_client(tmp_path, [ai.url, law.url], [broken], routing=routing)
+    body = client.post("/integrate", json={"task": LAW_TASK}).get_json()
+    assert body["experts"] == ["law_expert"] and body["fallback"] is True
+    assert body["response"] == "Article 28 requires a processing contract."
+    assert "asked directly" in body["steps"][0]["reason"]
 
 
 def test_panel_asks_experts_in_parallel_then_merges(tmp_path, live_expert):
