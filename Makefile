@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
-.PHONY: install install-dev run test test-unit bench soak lint clean up down compose-config compose-e2e e2e-browser
+.PHONY: install install-dev run test test-unit bench soak lint clean up down compose-config compose-e2e e2e-browser e2e-servers
 
 install: $(STAMP)
 $(STAMP): requirements.txt requirements-nodeps.txt
@@ -39,6 +39,9 @@ soak: install-dev ## long load and fuzz runs
 
 e2e-browser: install-dev ## headless chromium against real services
 	$(PY) -m pytest -m browser -o addopts="" tests/e2e $(PYTEST_ARGS)
+
+e2e-servers: install-dev ## builds llama-server once (cached in ~/.cache/conclave) and runs the panel against it
+	$(PY) -m pytest -m servers -o addopts="" -s tests/e2e/test_servers.py $(PYTEST_ARGS)
 
 compose-config: install-dev
 	$(PY) -m pytest tests/unit/test_compose.py $(PYTEST_ARGS)

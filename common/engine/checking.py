@@ -63,25 +63,87 @@ def _compiled(kind: str, value: str) -> xgr.CompiledGrammar:
 
 
 # ---- GBNF (llama.cpp) -----------------------------------------------------------------------------------------------
-_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]|[A-Za-z_][A-Za-z0-9_-]*|.', re.DOTALL)
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]|[A-Za-z_][A-Za-z0-9_-]*|\{\s*\d+\s*,\s*-?\d+\s*\}|.',
+                    re.DOTALL)
+_UNBOUNDED = re.compile(r"\{\s*(\d+)\s*,\s*-1\s*\}")
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+_GBNF_ESCAPES = set("xuUtrn\\\"[]-")  # what llama.cpp's grammar parser reads after a backslash
+_CONTROL = {"0": 0, "a": 7, "b": 8, "f": 12, "v": 11, "e": 27}
 
 
-def to_gbnf(constraint: Constraint) -> str:
-    """The constraint as a GBNF grammar for llama.cpp's ``grammar`` field.
+def _gbnf_escape(match: re.Match) -> str:
+    """An escape xgrammar writes and GBNF does not read (``\\?``, ``\\0``...) as the hex escape of its character."""
+    char = match.group(1)
+    if char in _GBNF_ESCAPES:
+        return match.group(0)
+    code = _CONTROL.get(char, ord(char))
+    return f"\\x{code:02x}" if code < 256 else f"\\u{code:04x}"
 
-    xgrammar normalises EBNF, regexes and choices into one rule syntax, close to GBNF; llama.cpp's rule names take no
-    '_', so names are rewritten (strings and character classes are left alone). Lookahead assertions, which GBNF lacks,
-    are refused."""
-    if constraint.kind == "choice":
-        source = xgr.Grammar.from_ebnf(choice_to_ebnf(constraint.value))  # type: ignore[arg-type]
-    elif constraint.kind == "regex":
-        source = xgr.Grammar.from_regex(_as_text(constraint.value))
-    elif constraint.kind == "grammar":
-        source = xgr.Grammar.from_ebnf(_as_text(constraint.value))
-    else:
-        raise InvalidConstraint(f"a {constraint.kind} constraint has no GBNF form")
-    tokens = _TOKEN.findall(str(source))
-    gbnf = "".join(t.replace("_", "-") if t[0].isalpha() or t[0] == "_" else t for t in tokens)
-    if "(=" in gbnf:
-        raise InvalidConstraint("the grammar uses a lookahead assertion, which GBNF cannot express")
-    return gbnf
+
+def to_gbnf(constraint: Constraint, prefix: str = "") -> str:
+    """The constraint as a GBNF grammar for llama.cpp's ``grammar`` field, its rule names prefixed with ``prefix``.
+
+    xgrammar normalises EBNF, regexes, choices and JSON schemas into one rule syntax close to GBNF. What differs is
+    rewritten token by token: rule names take '-' for '_'; an unbounded repetition is ``{m,}``, not ``{m, -1}``;
+    escapes GBNF does not read, in strings and character classes, become hex escapes; lookahead assertions, which
+    GBNF lacks, are dropped (they only narrow what may follow, and the answer is checked against the original
+    afterwards)."""
+    tokens = _TOKEN.findall(str(_grammar(constraint)))
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token == "(" and i + 1 < len(tokens) and tokens[i + 1] == "=":
+            depth = 0
+            while True:
+                depth += {"(": 1, ")": -1}.get(tokens[i], 0)
+                i += 1
+                if depth == 0:
+                    break
+            continue
+        if token == "Regex" and tokens[i + 1: i + 2] == ["("]:
+            raise InvalidConstraint("a JSON schema 'pattern' has no GBNF form here; drop the pattern or use a "
+                                    "server that takes JSON schemas whole")
+        if token[0].isalpha() or token[0] == "_":
+            token = prefix + token.replace("_", "-")
+        elif token[0] in "[\"":
+            token = _ESCAPE.sub(_gbnf_escape, token)
+        elif token[0] == "{":
+            token = _UNBOUNDED.sub(r"{\1,}", token)
+        out.append(token)
+        i += 1
+    return "".join(out)
+
+
+def _grammar(constraint: Constraint) -> xgr.Grammar:
+    try:
+        if constraint.kind == "choice":
+            return xgr.Grammar.from_ebnf(choice_to_ebnf(constraint.value))  # type: ignore[arg-type]
+        if constraint.kind == "regex":
+            return xgr.Grammar.from_regex(_as_text(constraint.value))
+        if constraint.kind == "grammar":
+            return xgr.Grammar.from_ebnf(_as_text(constraint.value))
+        if constraint.kind == "json" and _schema(constraint.value) is not None:
+            return xgr.Grammar.from_json_schema(_as_text(constraint.value), any_whitespace=False)
+    except InvalidConstraint:
+        raise
+    except Exception as exc:  # xgrammar's parse errors say what is wrong
+        raise InvalidConstraint(f"invalid {constraint.kind} constraint: {exc}") from exc
+    raise InvalidConstraint(f"a {constraint.kind} constraint has no GBNF form")
+
+
+def tool_calls_gbnf(structural_tag: dict) -> str | None:
+    """GBNF admitting the calls a tool-call structural tag admits (``tools.tool_constraint``), or None for ``auto``,
+    whose free text plus calls GBNF cannot mark off: such an answer is asked for free and checked afterwards."""
+    fmt = structural_tag["format"]
+    if fmt["type"] == "triggered_tags":
+        return None
+    tags = [fmt] if fmt["type"] == "tag" else fmt["tags"]
+    rules = []
+    for i, tag in enumerate(tags):
+        rules.append(f"call{i} ::= {json.dumps(tag['begin'])} call{i}-root {json.dumps(tag['end'])}")
+        rules.append(to_gbnf(Constraint("json", tag["content"]["json_schema"]), prefix=f"call{i}-"))
+    call = " | ".join(f"call{i}" for i in range(len(tags)))
+    several = fmt["type"] == "tags_with_separator" and not fmt.get("stop_after_first")
+    root = f"root ::= ({call})" + (f" ({json.dumps(fmt['separator'])} ({call}))*" if several else "")
+    return "\n".join([root, *rules])

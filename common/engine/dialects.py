@@ -5,7 +5,7 @@ The servers agree on ``/v1/chat/completions`` and differ on everything a constra
 | dialect   | grammar (EBNF)   | regex            | choice                   | JSON schema         | structural tag |
 |-----------|------------------|------------------|--------------------------|---------------------|----------------|
 | vllm      | structured_outputs.grammar | .regex | .choice                  | .json               | .structural_tag |
-| llamacpp  | grammar (GBNF)   | GBNF             | GBNF                     | response_format     | refused        |
+| llamacpp  | grammar (GBNF)   | GBNF             | GBNF                     | response_format     | GBNF of calls  |
 | tgi       | refused          | response_format regex | regex               | response_format json | refused       |
 | ollama    | refused          | refused          | JSON enum, unwrapped     | response_format     | refused        |
 | openai    | refused          | refused          | JSON enum, unwrapped     | response_format     | refused        |
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .checking import to_gbnf
+from .checking import to_gbnf, tool_calls_gbnf
 from .types import Constraint, GenerationRequest, UnsupportedConstraint
 
 DialectName = Literal["vllm", "llamacpp", "tgi", "ollama", "openai"]
@@ -112,6 +112,9 @@ class LlamaCpp(Dialect):
     def _wire(self, constraint: Constraint) -> Wire:
         if constraint.kind == "json":
             return Wire(_response_format(constraint.value))
+        if constraint.kind == "structural_tag":
+            grammar = tool_calls_gbnf(json.loads(str(constraint.value)))
+            return Wire({"grammar": grammar} if grammar else {})
         return Wire({"grammar": to_gbnf(constraint)})
 
     def sampling(self, request: GenerationRequest) -> dict:
@@ -145,7 +148,8 @@ class JsonOnly(Dialect):
 
 DIALECTS: dict[str, Dialect] = {
     "vllm": VLLM("vllm", "vLLM server", frozenset({"grammar", "regex", "choice", "json", "structural_tag"})),
-    "llamacpp": LlamaCpp("llamacpp", "llama.cpp server", frozenset({"grammar", "regex", "choice", "json"})),
+    "llamacpp": LlamaCpp("llamacpp", "llama.cpp server",
+                         frozenset({"grammar", "regex", "choice", "json", "structural_tag"})),
     "tgi": TGI("tgi", "TGI server", frozenset({"regex", "choice", "json"})),
     "ollama": JsonOnly("ollama", "Ollama server", frozenset({"choice", "json"})),
     "openai": JsonOnly("openai", "OpenAI-compatible server", frozenset({"choice", "json"})),

@@ -7,12 +7,14 @@ Servers are stood in by httpx's MockTransport answering with replies shaped as t
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import openai
 import pytest
 
 from agents.app import create_app
+from common.engine import tools
 from common.engine.checking import satisfies, to_gbnf
 from common.engine.dialects import DIALECTS, detect
 from common.engine.remote import RemoteEngine
@@ -22,6 +24,7 @@ from common.engine.types import (
     EngineOverloaded,
     GenerationRequest,
     GenerationTimeout,
+    InvalidConstraint,
     RequestRejected,
     UnsupportedConstraint,
 )
@@ -59,6 +62,15 @@ def test_llamacpp_takes_gbnf_and_json_schemas():
 def test_gbnf_keeps_strings_and_classes_and_renames_rules():
     gbnf = to_gbnf(Constraint("grammar", 'root ::= my_rule "a_b"\nmy_rule ::= [a-z_]+'))
     assert "my-rule" in gbnf and '"a_b"' in gbnf and "[a-z_]" in gbnf and "my_rule" not in gbnf
+
+
+def test_gbnf_writes_escapes_llamacpp_reads_and_refuses_what_it_cannot_express():
+    gbnf = to_gbnf(Constraint("grammar", 'root ::= "why? 你 \\\\ \\"q\\" [x]" [^\\n]'))
+    assert '"why\\x3f \\u4f60 \\\\ \\"q\\" [x]"' in gbnf and "[^\\n]" in gbnf
+    with pytest.raises(InvalidConstraint):  # a 400 before anything is sent
+        to_gbnf(Constraint("json", {"type": "object", "properties": {"s": {"type": "string", "pattern": "^a+$"}}}))
+    with pytest.raises(InvalidConstraint):
+        to_gbnf(Constraint("grammar", "root ::= ("))
 
 
 def test_tgi_takes_regexes_and_json_and_a_choice_as_a_regex():
@@ -230,7 +242,29 @@ def test_an_expert_on_a_server_that_breaks_constraints_answers_502_never_a_200(t
         "messages": [{"role": "user", "content": "Binding?"}], "structured_outputs": {"choice": ["yes", "no"]}})
     assert resp.status_code == 502, resp.get_json()
     assert "llama.cpp server" in resp.get_json()["error"]["message"]
+
+
+def test_tools_on_a_server_that_cannot_constrain_calls_are_a_400_naming_it(tmp_path):
+    app = create_app(AgentSettings(persona="law_expert", data_dir=tmp_path), engine=engine([], [], dialect="ollama"))
     resp = app.test_client().post("/v1/chat/completions", json={
         "messages": [{"role": "user", "content": "Binding?"}], "tools": [{"type": "function", "function": {
             "name": "f", "parameters": {"type": "object"}}}], "tool_choice": "required"})
-    assert resp.status_code == 400 and "structural_tag" in resp.get_json()["error"]["message"]
+    assert resp.status_code == 400
+    assert "Ollama server at http://llama:8080/v1" in resp.get_json()["error"]["message"]
+
+
+def test_llamacpp_gets_tool_calls_as_gbnf_that_admits_only_valid_calls():
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 1}},
+        "required": ["city"]}}}
+    required = tools.tool_constraint([weather], "required", parallel=True)
+    gbnf = DIALECTS["llamacpp"].wire(required, "http://h/v1").fields["grammar"]
+    assert gbnf.startswith("root ::= (call0) (") and "(=" not in gbnf and "-1}" not in gbnf and "\\0" not in gbnf
+    assert not re.search(r"^[a-z0-9-]*_[a-z0-9_-]* ::=", gbnf, re.MULTILINE)  # GBNF rule names take no '_'
+    # The same grammar, its rule names read back as EBNF, admits a valid call and refuses an invalid one
+    ebnf = Constraint("grammar", re.sub(r"\bcall[0-9][A-Za-z0-9-]*", lambda m: m.group().replace("-", "_"), gbnf))
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}\n</tool_call>'
+    assert satisfies(ebnf, call) and satisfies(ebnf, call + "\n" + call)
+    assert not satisfies(ebnf, call.replace('"days": 2', '"days": 0'))
+    auto = tools.tool_constraint([weather], "auto", parallel=True)
+    assert DIALECTS["llamacpp"].wire(auto, "http://h/v1").fields == {}  # asked free, checked afterwards
