@@ -18,8 +18,9 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 	touch $@
 
 install-dev: $(DEV_STAMP)
-$(DEV_STAMP): $(STAMP) requirements-dev.txt
+$(DEV_STAMP): $(STAMP) requirements-dev.txt requirements-dev-nodeps.txt
 	$(PIP) install --quiet -r requirements-dev.txt
+	$(PIP) install --quiet --no-deps -r requirements-dev-nodeps.txt
 	touch $@
 
 run: install ## both experts and the orchestrator, logs interleaved; Ctrl-C stops all

@@ -3,8 +3,8 @@
 Sections: expert throughput (batched engine vs the seed's generate()-per-request server at concurrency 1/4/16,
 waves interleaved), single-request overhead (HTTP + scheduling vs a bare decode of the same tokens, alternated), memory
 (expert RSS idle and under load), dtype quality, what reproducible greedy answers (float32) cost against bfloat16,
-/integrate panel wall time vs its experts' times, routing accuracy on a labelled set, and the quality of /integrate's
-answers on a dev set (bench/quality.py).
+/integrate panel wall time vs its experts' times, routing accuracy on a labelled set, the quality of /integrate's
+answers on a dev set (bench/quality.py), and tool calling on BFCL against llama.cpp's server (bench/tool_calls.py).
 Prints a table and writes JSON under bench/results/.
 """
 
@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from agents.personas import get_persona
-from bench import quality
+from bench import quality, tool_calls
 from common.engine.decoding import make_decoder
 from common.engine.loading import cpu_has_native_bf16, load_model, pick_dtype
 from tests.services import MODEL_CACHE, Service, expert, free_port, orchestrator_service
@@ -322,6 +322,7 @@ def report(results: dict) -> None:
               f"wall/(slowest+merge) {r['wall_over_slowest_plus_merge']} | wall/(sum+merge) "
               f"{r['wall_over_sum_plus_merge']}")
     quality.report(results["quality"])
+    tool_calls.report(results["tool_calls"])
     r = results["routing"]
     print(f"\n== Routing on {r['tasks']} labelled tasks ==")
     print(f"semantic ranking picks a right expert first: {r['ranking_first_right']}/{r['tasks']} "
@@ -343,6 +344,7 @@ def main() -> None:
             "panel": panel(work),
             "routing": routing(),
             "quality": quality.quality(work),
+            "tool_calls": tool_calls.tool_calls(work),
         }
     results["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     report(results)

@@ -140,12 +140,14 @@ class CallReader:
     """Reads a streamed answer: plain text as it comes, each call once its closing tag arrives.
 
     Text that could be the start of ``<tool_call>`` is held back until it is clearly not; whitespace between calls is
-    dropped."""
+    dropped. A call identical to an earlier one (same function, same arguments) is dropped too: a small model under
+    a grammar that admits several calls tends to repeat its first one, and running a call twice helps nobody."""
 
     def __init__(self) -> None:
         self._buffer = ""
         self._in_call = False
         self._calls = 0
+        self._seen: set[tuple[str, str]] = set()
 
     def feed(self, delta: str) -> list[str | ToolCall]:
         self._buffer += delta
@@ -155,7 +157,10 @@ class CallReader:
                 end = self._buffer.find(CLOSE)
                 if end < 0:
                     return out
-                out.append(parse_call(self._buffer[:end].strip()))
+                found = parse_call(self._buffer[:end].strip())
+                if (found.name, found.arguments) not in self._seen:
+                    self._seen.add((found.name, found.arguments))
+                    out.append(found)
                 self._calls += 1
                 self._buffer, self._in_call = self._buffer[end + len(CLOSE):], False
                 continue

@@ -68,6 +68,11 @@ def test_the_reader_finds_the_same_calls_however_the_stream_is_cut(cuts):
     assert [p.name for p in parts if isinstance(p, tools.ToolCall)] == ["get_weather", "get_time"]
 
 
+def test_a_repeated_call_is_kept_once():
+    text, calls = tools.split(PARIS + "\n" + PARIS + "\n" + TIME + "\n" + PARIS)
+    assert [c.name for c in calls] == ["get_weather", "get_time"] and text == ""
+
+
 def test_an_unfinished_call_is_text_not_a_call():
     text, calls = tools.split('<tool_call>\n{"name": "get_weather", "argu')
     assert calls == [] and text.startswith("<tool_call>")
