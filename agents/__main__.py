@@ -1,9 +1,14 @@
-"""``python -m agents --persona law_expert --port 5001``: start one expert under gunicorn."""
+"""``python -m agents --persona law_expert --port 5001``: start one expert under gunicorn.
+
+``python -m agents ingest --persona law_expert PATH...``: add documents (files or folders) to an expert's knowledge
+base, whether or not the expert is running; a changed file replaces its earlier version.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from agents.personas import UnknownPersona, get_persona
 from common.serve import serve
@@ -11,7 +16,56 @@ from common.settings import AgentSettings
 from common.web import configure_logging
 
 
+def ingest(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m agents ingest",
+                                     description="Add documents to an expert's knowledge base.")
+    parser.add_argument("--persona", help="persona id from the catalog (env AGENT_PERSONA)")
+    parser.add_argument("--personas-file", help="a catalog of your own (env PERSONAS_FILE)")
+    parser.add_argument("--force", action="store_true", help="re-embed files even when they did not change")
+    parser.add_argument("paths", nargs="+", type=Path, help="files, or folders to take every supported file from")
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in {"persona": args.persona, "personas_file": args.personas_file}.items() if v}
+    settings = AgentSettings(**overrides)
+    configure_logging(settings.log_level)
+    try:
+        persona = get_persona(settings.persona, settings.personas_file)
+    except (UnknownPersona, ValueError, OSError) as exc:
+        sys.exit(f"error: {exc}")
+    missing = [p for p in args.paths if not p.exists()]
+    if missing:
+        sys.exit(f"error: no such file or folder: {', '.join(map(str, missing))}")
+
+    from tqdm import tqdm
+
+    from agents.documents import SUFFIXES
+    from agents.knowledge import Knowledge, KnowledgeStore
+    from common.embedding import Embedder
+
+    files = sorted({f for p in args.paths for f in ([p] if p.is_file() else p.rglob("*"))
+                    if f.is_file() and (p.is_file() or f.suffix.lower() in SUFFIXES)})
+    knowledge = Knowledge(KnowledgeStore(settings.data_dir / f"knowledge-{persona.id}.sqlite3"), Embedder)
+    failed = []
+    with tqdm(files, unit="file", desc=f"ingesting into {persona.id}") as bar:
+        for path in bar:
+            try:
+                result = knowledge.ingest(str(path.resolve()), path.read_bytes(), force=args.force)
+            except (ValueError, OSError) as exc:  # UnreadableDocument is a ValueError: reported, skipped
+                failed.append(path)
+                bar.write(f"skipped {exc}")
+                continue
+            what = "unchanged" if result.unchanged else "replaced" if result.replaced else "added"
+            bar.write(f"{what} {path} ({result.chunks} chunks, {result.id})")
+    print(f"{len(files) - len(failed)} of {len(files)} files in {persona.id}'s knowledge base "
+          f"({knowledge.store.count()} chunks in all)")
+    if failed:
+        sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ingest"]:
+        ingest(argv[1:])
+        return
     parser = argparse.ArgumentParser(prog="python -m agents", description="Run one Conclave expert.")
     parser.add_argument("--persona", help="persona id from the catalog (env AGENT_PERSONA)")
     parser.add_argument("--port", type=int, help="port (env AGENT_PORT; default: the persona's port)")

@@ -6,9 +6,12 @@ from pathlib import Path
 
 from flask import Flask, request, send_from_directory
 
+from agents.documents import MAX_DOCUMENT_BYTES, UnreadableDocument
+from agents.knowledge import Knowledge, KnowledgeStore
 from agents.personas import get_persona
 from agents.service import VERSION, ExpertService
 from agents.sessions import SessionStore
+from common.embedding import Embedder
 from common.engine import make_engine
 from common.openapi import Route, build_openapi
 from common.protocol import (
@@ -17,6 +20,10 @@ from common.protocol import (
     ChatCompletionResponse,
     ChatRequest,
     ChatResponse,
+    IngestResult,
+    KnowledgeDocument,
+    KnowledgeList,
+    KnowledgeUpload,
     ModelList,
     SessionHistory,
 )
@@ -32,6 +39,10 @@ ROUTES = [
     Route("get", "/v1/models", "OpenAI-compatible model list", response=ModelList),
     Route("post", "/v1/chat/completions", "OpenAI-compatible chat completions, with vLLM's structured_outputs",
           ChatCompletionRequest, ChatCompletionResponse, stream=True),
+    Route("post", "/knowledge", "Add a document to the expert's knowledge base: JSON {name, content} or a multipart "
+          "'file'; replaces an earlier version of the same name", KnowledgeUpload, IngestResult),
+    Route("get", "/knowledge", "The documents in the knowledge base", response=KnowledgeList),
+    Route("delete", "/knowledge/{document_id}", "Remove a document and its chunks"),
     Route("get", "/.well-known/agent-card.json", "A2A agent card", response=AgentCard),
     Route("get", "/.well-known/agent.json", "A2A agent card (older path)", response=AgentCard),
     Route("get", "/health", "Liveness"),
@@ -40,8 +51,9 @@ ROUTES = [
 ]
 
 
-def create_app(settings: AgentSettings | None = None, engine=None) -> Flask:
-    """Build an expert. ``engine`` defaults to the one the settings name, started (loading) in the background."""
+def create_app(settings: AgentSettings | None = None, engine=None, embedder=None) -> Flask:
+    """Build an expert. ``engine`` defaults to the one the settings name, started (loading) in the background;
+    ``embedder`` (a factory of a texts -> vectors function) defaults to MiniLM, loaded when first needed."""
     settings = settings or AgentSettings()
     persona = get_persona(settings.persona, settings.personas_file)
     if engine is None:
@@ -49,12 +61,20 @@ def create_app(settings: AgentSettings | None = None, engine=None) -> Flask:
     app = Flask(__name__, static_folder=None)
     metrics = install(app, settings, persona.id)
     sessions = SessionStore(settings.data_dir / f"sessions-{persona.id}.sqlite3")
-    service = ExpertService(settings, persona, engine, sessions, metrics)
+    knowledge = Knowledge(KnowledgeStore(settings.data_dir / f"knowledge-{persona.id}.sqlite3"),
+                          embedder or Embedder, settings.knowledge_top_k, settings.knowledge_min_score)
+    knowledge.start(persona.knowledge_files(), persona.catalog_dir)
+    service = ExpertService(settings, persona, engine, sessions, metrics, knowledge)
     app.extensions["expert"] = service
 
     def require_ready() -> None:
         if not engine.ready:
             raise ApiError(503, engine.status, "service_unavailable", "not_ready", retry_after=5)
+        if not knowledge.ready.is_set():
+            raise ApiError(503, "the knowledge base is loading", "service_unavailable", "not_ready", retry_after=2)
+        if knowledge.error:
+            raise ApiError(503, f"the knowledge base failed to load: {knowledge.error}", "service_unavailable",
+                           "not_ready")
 
     @app.get("/health")
     def health():
@@ -94,6 +114,36 @@ def create_app(settings: AgentSettings | None = None, engine=None) -> Flask:
     @app.post("/v1/chat/completions")
     def chat_completions():
         return generate(ChatCompletionRequest, service.completion_chunks, service.completion)
+
+    @app.post("/knowledge")
+    def add_knowledge():
+        require_ready()
+        request.max_content_length = MAX_DOCUMENT_BYTES + 64 * 1024  # a document, not a chat message
+        if request.mimetype == "multipart/form-data":
+            upload = request.files.get("file")
+            if upload is None or not upload.filename:
+                raise ApiError(400, "send the document as a multipart field named 'file'")
+            name, data = upload.filename, upload.read()
+        else:
+            body = parse_body(KnowledgeUpload)
+            name, data = body.name, body.content.encode("utf-8")
+        try:
+            result = knowledge.ingest(name, data)
+        except UnreadableDocument as exc:
+            status = 415 if "unsupported file type" in str(exc) else 413 if "byte limit" in str(exc) else 400
+            raise ApiError(status, str(exc)) from None
+        return IngestResult(**vars(result)).model_dump(), 200 if result.unchanged else 201
+
+    @app.get("/knowledge")
+    def list_knowledge():
+        docs = [KnowledgeDocument(**vars(d)) for d in knowledge.store.documents()]
+        return KnowledgeList(documents=docs, chunks=knowledge.store.count()).model_dump()
+
+    @app.delete("/knowledge/<document_id>")
+    def delete_knowledge(document_id: str):
+        if not knowledge.store.delete(check_id(document_id, "document id")):
+            raise ApiError(404, f"no document {document_id!r} in the knowledge base", "not_found")
+        return {"id": document_id, "deleted": True}
 
     @app.get("/.well-known/agent-card.json")
     @app.get("/.well-known/agent.json")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 
 import yaml
@@ -19,6 +20,19 @@ class Persona(BaseModel):
     port: int = Field(ge=1, le=65535)
     system_prompt: str
     skills: list[AgentSkill] = []
+    knowledge: list[str] = Field([], description="Globs of documents (Markdown, text, HTML, PDF) the expert knows, "
+                                 "relative to the catalog file; ingested at start-up when they changed.")
+    catalog_dir: Path = Field(DEFAULT_CATALOG.parent, exclude=True)
+
+    def knowledge_files(self) -> list[Path]:
+        """The files the knowledge globs name, in a stable order."""
+        found: set[Path] = set()
+        for pattern in self.knowledge:
+            base = Path(pattern) if Path(pattern).is_absolute() else self.catalog_dir / pattern
+            if base.is_dir():  # a folder: every file in it, at any depth
+                base = base / "**" / "*"
+            found |= {Path(p) for p in glob.glob(str(base), recursive=True) if Path(p).is_file()}
+        return sorted(found)
 
 
 class UnknownPersona(LookupError):
@@ -34,7 +48,7 @@ def load_catalog(path: Path | None = None) -> dict[str, Persona]:
     catalog = {}
     for pid, entry in raw.items():
         try:
-            catalog[pid] = Persona.model_validate({"id": pid, **entry})
+            catalog[pid] = Persona.model_validate({"id": pid, **entry, "catalog_dir": Path(path).parent})
         except (ValidationError, TypeError) as exc:
             raise ValueError(f"{path}: persona {pid!r} is invalid: {exc}") from exc
     return catalog

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain
 
+from agents.knowledge import Knowledge, Passage
 from agents.personas import Persona
 from agents.sessions import SessionStore
 from common.engine import tools
@@ -29,6 +30,7 @@ from common.protocol import (
     ModelCard,
     ModelList,
     SessionHistory,
+    Source,
     ToolCallDelta,
     ToolCallOut,
     Usage,
@@ -46,14 +48,19 @@ class ExpertService:
     engine: Engine
     sessions: SessionStore
     metrics: Metrics
+    knowledge: Knowledge | None = None
 
     @property
     def model_name(self) -> str:
         return self.engine.model_name
 
     # ---- /chat ------------------------------------------------------------------------------------------------
-    def _start_chat(self, req: ChatRequest) -> Generation:
-        messages = [ChatMessage(role="user", content=req.intent)]
+    def _start_chat(self, req: ChatRequest) -> tuple[Generation, list[Passage]]:
+        """The question, with the passages retrieved for it in the same turn: the system message stays the persona's
+        alone, so its cached prefix serves every request."""
+        passages = self.knowledge.retrieve(req.intent) if req.knowledge and self.knowledge else []
+        question = f"{Knowledge.prompt(passages)}\n\nQuestion: {req.intent}" if passages else req.intent
+        messages = [ChatMessage(role="user", content=question)]
         if req.session_id:
             keep = req.max_history_length or self.settings.max_history_length
             history = self.sessions.history(self.persona.id, req.session_id, keep)
@@ -69,7 +76,7 @@ class ExpertService:
             loop_guard=req.loop_guard,
             end_at_sentence=True,
         )
-        return self._submit(completion)
+        return self._submit(completion), passages
 
     def _submit(self, completion: ChatCompletionRequest) -> Generation:
         generation_request = completion.to_generation_request(
@@ -80,32 +87,42 @@ class ExpertService:
         )
         return self.engine.submit(generation_request)
 
-    def _chat_response(self, req: ChatRequest, result: GenerationResult) -> ChatResponse:
+    def _chat_response(self, req: ChatRequest, result: GenerationResult, passages: list[Passage]) -> ChatResponse:
+        text, sources = result.text, []
+        if passages and self.knowledge:
+            grounded = self.knowledge.ground(req.intent, result.text, passages)
+            text = grounded.text
+            sources = _sources(passages, grounded.cited)
         if req.session_id:
-            self.sessions.append_exchange(self.persona.id, req.session_id, req.intent, result.text)
+            self.sessions.append_exchange(self.persona.id, req.session_id, req.intent, text)
         self.metrics.tokens.labels(self.metrics.service).inc(result.completion_tokens)
         return ChatResponse(
-            response=result.text,
+            response=text,
             persona=self.persona.id,
             model=self.model_name,
             session_id=req.session_id,
             usage=_usage(result),
             finish_reason=result.finish_reason,
             elapsed_ms=int(result.elapsed_s * 1000),
+            sources=sources,
         )
 
     def chat(self, req: ChatRequest) -> ChatResponse:
-        return self._chat_response(req, self._start_chat(req).result())
+        gen, passages = self._start_chat(req)
+        return self._chat_response(req, gen.result(), passages)
 
     def chat_events(self, req: ChatRequest) -> tuple[Iterator[tuple[str, object]], Generation]:
-        """SSE events for a streamed /chat: ``delta`` per text piece, then ``done`` (the full response) or ``error``."""
-        gen = self._start_chat(req)
+        """SSE events for a streamed /chat: ``sources`` (the passages retrieved, before any text), ``delta`` per text
+        piece, then ``done`` (the full response, with its citation marks) or ``error``."""
+        gen, passages = self._start_chat(req)
 
         def events() -> Iterator[tuple[str, object]]:
             try:
+                if passages:
+                    yield "sources", {"sources": [s.model_dump() for s in _sources(passages, [])]}
                 for delta in gen:
                     yield "delta", {"delta": delta}
-                yield "done", self._chat_response(req, gen.result()).model_dump()
+                yield "done", self._chat_response(req, gen.result(), passages).model_dump()
             except EngineError as exc:
                 yield "error", _error_body(exc)
 
@@ -187,6 +204,11 @@ class ExpertService:
             preferredTransport="HTTP+JSON",
             conclave={"persona": self.persona.id, "chat": "/chat", "openai": "/v1", "model": self.model_name},
         )
+
+
+def _sources(passages: list[Passage], cited: list[int]) -> list[Source]:
+    return [Source(number=i, document=p.document, title=p.title, chunk=p.chunk, score=p.score, cited=i in cited,
+                   text=p.text) for i, p in enumerate(passages, 1)]
 
 
 def _call_out(call: tools.ToolCall) -> ToolCallOut:

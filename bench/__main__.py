@@ -244,13 +244,14 @@ def panel(work: Path) -> dict:
 def routing() -> dict:
     """Routing accuracy on bench/routing_tasks.yaml: the semantic-ranking policy, and the LLM choosing alone."""
     from agents.personas import load_catalog
+    from common.embedding import Embedder
     from common.engine.local import LocalEngine
     from common.engine.types import Constraint, GenerationRequest
     from common.protocol import AgentCard
     from common.settings import OrchestratorSettings
     from orchestrator.experts import Expert
     from orchestrator.react import PROMPT, StepForm, plan_routing
-    from orchestrator.routing import Embedder, Router
+    from orchestrator.routing import Router
 
     tasks = yaml.safe_load((HERE / "routing_tasks.yaml").read_text())
     experts = [Expert(p.id, "", AgentCard(name=p.name, description=p.description, url="", version="1",

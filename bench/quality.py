@@ -20,8 +20,8 @@ from pathlib import Path
 import requests
 import yaml
 
+from common.embedding import Embedder
 from common.text import is_degenerate, sentences
-from orchestrator.routing import Embedder
 from tests.services import expert, orchestrator_service
 
 HERE = Path(__file__).parent

@@ -72,6 +72,8 @@ class ChatRequest(Lenient, SamplingFields):
     stream: bool = False
     loop_guard: bool = Field(True, description="Stop the answer when it starts repeating itself (one copy of what "
                              "repeats is kept). An answer cut by max_new_tokens always ends at a complete sentence.")
+    knowledge: bool = Field(True, description="Retrieve passages from the expert's knowledge base, answer from them "
+                            "and cite them as [n]; false answers from the model alone.")
 
     @field_validator("intent")
     @classmethod
@@ -87,6 +89,18 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class Source(BaseModel):
+    """A passage of the expert's knowledge base that was put before the model; [number] in the answer cites it."""
+
+    number: int
+    document: str = Field(description="The document's id (GET /knowledge lists them).")
+    title: str
+    chunk: int = Field(description="Which chunk of the document, from 0.")
+    score: float = Field(description="Cosine similarity of the passage to the question.")
+    cited: bool = Field(description="Whether the answer cites it.")
+    text: str
+
+
 class ChatResponse(BaseModel):
     response: str
     persona: str
@@ -95,6 +109,37 @@ class ChatResponse(BaseModel):
     usage: Usage
     finish_reason: str
     elapsed_ms: int
+    sources: list[Source] = Field([], description="The passages retrieved for the question, numbered as cited.")
+
+
+class KnowledgeUpload(Lenient):
+    """A document given as text: its file name says its type (.md, .txt, .html)."""
+
+    name: str = Field(min_length=1, max_length=255)
+    content: str = Field(min_length=1)
+
+
+class KnowledgeDocument(BaseModel):
+    id: str
+    source: str
+    title: str
+    chunks: int
+    bytes: int
+    added_at: float
+
+
+class KnowledgeList(BaseModel):
+    documents: list[KnowledgeDocument]
+    chunks: int
+
+
+class IngestResult(BaseModel):
+    id: str
+    source: str
+    title: str
+    chunks: int
+    replaced: bool = Field(description="An earlier version of the same source was replaced.")
+    unchanged: bool = Field(False, description="The same bytes were already stored: nothing was done.")
 
 
 class Turn(BaseModel):
@@ -407,6 +452,8 @@ class Step(BaseModel):
     chosen_by: str | None = Field(None, description="'ranking' when the ranking forced the choice, 'llm' when the "
                                   "model chose, 'panel' when every selected expert is asked.")
     reason: str = Field("", description="Why this expert was asked, in words.")
+    sources: list[Source] = Field([], description="The passages the expert answered from, numbered as it cited "
+                                  "them.")
 
 
 class Attribution(BaseModel):
@@ -429,6 +476,13 @@ class CompositionChecks(BaseModel):
     expert_relevance: dict[str, float] = Field({}, description="Cosine of each expert's (cleaned) answer to the task.")
 
 
+class Citation(Source):
+    """A source cited in the final answer, renumbered across experts: [number] in the response."""
+
+    expert: str
+    step: int = Field(description="Index into ``steps`` of the answer that cited it.")
+
+
 class IntegrateResponse(BaseModel):
     response: str
     run_id: str
@@ -443,6 +497,7 @@ class IntegrateResponse(BaseModel):
         "answer is the experts' own sentences; none: no expert answered.")
     attribution: list[Attribution] = Field([], description="The final answer sentence by sentence, with its experts.")
     checks: CompositionChecks = Field(CompositionChecks(), description="What the composer measured.")
+    sources: list[Citation] = Field([], description="The experts' sources the answer cites, numbered as cited.")
 
 
 class RunRecord(IntegrateResponse):

@@ -83,6 +83,12 @@ class AgentSettings(WebSettings, EngineSettings):
     public_url: str | None = Field(None, validation_alias="PUBLIC_URL", description="URL written in the agent card.")
     default_max_new_tokens: int = Field(512, ge=1, validation_alias="DEFAULT_MAX_NEW_TOKENS")
     max_history_length: int = Field(10, ge=2, le=20, validation_alias="MAX_HISTORY_LENGTH")
+    knowledge_top_k: int = Field(3, ge=1, le=20, validation_alias="KNOWLEDGE_TOP_K",
+                                 description="Passages retrieved for each question.")
+    knowledge_min_score: float = Field(
+        0.4, ge=-1, le=1, validation_alias="KNOWLEDGE_MIN_SCORE",
+        description="Relevance floor (MiniLM cosine): a passage below it is left out, and a question nothing in the "
+        "knowledge base is about gets no sources.")
     default_repetition_penalty: float = Field(
         1.15, ge=1.0, le=2.0, validation_alias="DEFAULT_REPETITION_PENALTY",
         description="Used by /chat when a request gives none; small models repeat themselves without it.",

@@ -195,7 +195,7 @@ def install(app: Flask, settings: WebSettings, service: str) -> Metrics:
                  413: "request_too_large"}.get(exc.code or 500, "invalid_request_error")
         message = exc.description or exc.name
         if exc.code == 413:
-            message = f"request body larger than {settings.max_body_bytes} bytes"
+            message = f"request body larger than {request.max_content_length} bytes"
         resp = error_response(exc.code or 500, message, type_, exc.code)
         for name, value in exc.get_headers():  # e.g. the Allow header a 405 owes (RFC 9110)
             if name.lower() != "content-type":

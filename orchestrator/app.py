@@ -8,13 +8,14 @@ from pathlib import Path
 from flask import Flask, request, send_from_directory
 
 from common.client import ExpertClient
+from common.embedding import Embedder
 from common.engine import make_engine
 from common.openapi import Route, build_openapi
 from common.protocol import IntegrateRequest, IntegrateResponse, RunRecord
 from common.settings import OrchestratorSettings
 from common.web import ApiError, check_id, error_response, install, parse_body, sse, static_file
 from orchestrator.experts import ExpertRegistry
-from orchestrator.routing import Embedder, Router
+from orchestrator.routing import Router
 from orchestrator.runs import RunStore
 from orchestrator.service import Orchestrator
 

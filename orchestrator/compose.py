@@ -13,13 +13,14 @@ Every sentence of the result names the experts (and steps) it came from.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
 import torch
 
 from common.engine.types import GenerationRequest
-from common.protocol import Attribution, CompositionChecks, Step
+from common.protocol import Attribution, Citation, CompositionChecks, Step
 from common.text import is_degenerate, join_sentences, sentences
 
 GROUNDED = 0.6  # a sentence is grounded when its best cosine to an expert sentence reaches this
@@ -213,3 +214,31 @@ def _fit(chosen: list[_Scored], limit: int) -> list[_Scored]:
 
 def _attribution(scored: list[_Scored]) -> list[Attribution]:
     return [Attribution(text=s.text, experts=s.experts, steps=s.steps) for s in scored]
+
+
+MARKER = re.compile(r"\s*\[(\d+)\]")
+
+
+def cite(composition: Composition, steps: list[Step]) -> list[Citation]:
+    """Renumber the experts' citations across the final answer, in order of first use; a marker whose source is
+    unknown is dropped. Rewrites the composition's text and attribution in place and returns the cited sources."""
+    cited: dict[tuple[int, int], Citation] = {}
+
+    def renumber(step: int, match: re.Match) -> str:
+        k = int(match.group(1))
+        sources = steps[step].sources if 0 <= step < len(steps) else []
+        if not 1 <= k <= len(sources):
+            return ""
+        if (step, k) not in cited:
+            source = sources[k - 1]
+            cited[(step, k)] = Citation(**{**source.model_dump(), "number": len(cited) + 1, "cited": True},
+                                        expert=steps[step].expert or "", step=step)
+        return f" [{cited[(step, k)].number}]"
+
+    if not any(s.sources for s in steps):
+        return []
+    for part in composition.attribution:
+        part.text = MARKER.sub(lambda m, step=part.steps[0]: renumber(step, m), part.text)
+    if composition.attribution:
+        composition.response = join_sentences([part.text for part in composition.attribution])
+    return list(cited.values())

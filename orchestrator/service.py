@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from common.protocol import IntegrateRequest, IntegrateResponse, RunRecord
 from common.settings import OrchestratorSettings
 from common.web import ApiError
-from orchestrator.compose import Composer
+from orchestrator.compose import Composer, cite
 from orchestrator.experts import ExpertRegistry
 from orchestrator.panel import run_panel
 from orchestrator.react import run_react
@@ -99,6 +99,7 @@ class Orchestrator:
             fallback = STRATEGIES[req.strategy](self, req, experts, ranking, trace)
             composition = Composer(self.engine, self.router.embed).compose(req.task, trace.steps,
                                                                             self.settings.run_timeout_s)
+            sources = cite(composition, trace.steps)
         except Exception as exc:
             log.exception("run %s failed", run_id)
             record = record.model_copy(update={"status": "failed", "error": f"{type(exc).__name__}: {exc}",
@@ -110,7 +111,7 @@ class Orchestrator:
                                      experts=trace.consulted, steps=trace.steps, fallback=fallback,
                                      synthesis_ms=composition.synthesis_ms, merge=composition.merge,
                                      attribution=composition.attribution, checks=composition.checks,
-                                     elapsed_ms=int((time.perf_counter() - started) * 1000))
+                                     sources=sources, elapsed_ms=int((time.perf_counter() - started) * 1000))
         self.runs.save(RunRecord(**response.model_dump(), task=req.task, created_at=created, status="done"))
         return response
 

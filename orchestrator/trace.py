@@ -25,12 +25,12 @@ class RunTrace:
         started = time.perf_counter()
         try:
             answer = expert.client.chat(question, max_new_tokens=max_new_tokens)
-            observation, ok = answer.response, True
+            observation, ok, sources = answer.response, True, answer.sources
         except ExpertError as exc:
-            observation, ok = f"{exc} (continue with the other experts)", False
+            observation, ok, sources = f"{exc} (continue with the other experts)", False, []
         step = Step(thought=thought, expert=expert.name, input=question, observation=observation, ok=ok,
                     elapsed_ms=int((time.perf_counter() - started) * 1000), chosen_by=chosen_by, ranking=ranking,
-                    reason=reason)
+                    reason=reason, sources=sources)
         self.steps.append(step)
         if expert.name not in self.consulted:
             self.consulted.append(expert.name)

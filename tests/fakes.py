@@ -112,8 +112,8 @@ class KeywordEmbedder:
 
 
 class WordsEmbedder:
-    """Embeds text as a bag of its words (hashed into 256 dimensions): cosine then measures shared wording, which
-    makes the composer's grounding and duplicate checks predictable."""
+    """Embeds text as a bag of its words (hashed into MiniLM's 384 dimensions, so a knowledge store takes them):
+    cosine then measures shared wording, which makes the composer's grounding and duplicate checks predictable."""
 
     def __call__(self, texts):
         import re
@@ -121,8 +121,17 @@ class WordsEmbedder:
 
         import torch
 
-        rows = torch.zeros((len(texts), 256))
+        rows = torch.zeros((len(texts), 384))
         for i, t in enumerate(texts):
             for word in re.findall(r"\w+", t.lower()):
-                rows[i, zlib.crc32(word.encode()) % 256] += 1.0
+                rows[i, zlib.crc32(word.encode()) % 384] += 1.0
         return torch.nn.functional.normalize(rows + 1e-6, dim=-1)
+
+
+def expert_app(settings, engine, embedder=WordsEmbedder):
+    """An expert app on a fake engine, its knowledge base (the catalog's notes) embedded by ``embedder`` and synced."""
+    from agents.app import create_app
+
+    app = create_app(settings, engine, embedder)
+    assert app.extensions["expert"].knowledge.ready.wait(60), "knowledge sync did not finish"
+    return app

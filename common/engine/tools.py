@@ -51,8 +51,10 @@ def tool_constraint(tools: list[dict], tool_choice: str | dict, parallel: bool) 
     choice is ``none``."""
     if tool_choice == "none" or not tools:
         return None
+    bounded = [{**t, "function": {**t["function"], "parameters": _bounded(t["function"].get("parameters") or {})}}
+               if t.get("type") == "function" and "function" in t else t for t in tools]
     try:
-        tag = xgr.get_model_structural_tag(FORMAT, tools=tools, tool_choice=tool_choice, reasoning=False,
+        tag = xgr.get_model_structural_tag(FORMAT, tools=bounded, tool_choice=tool_choice, reasoning=False,
                                            parallel_tool_calls=parallel)
     except ValueError as exc:  # a named tool that is not listed, a malformed tool
         raise InvalidConstraint(f"tools: {exc}") from exc
@@ -64,6 +66,27 @@ def tool_constraint(tools: list[dict], tool_choice: str | dict, parallel: bool) 
         spec["format"] = {"type": "tags_with_separator", "tags": fmt["tags"], "separator": "\n",
                           "at_least_one": True, "stop_after_first": not parallel}
     return Constraint("structural_tag", json.dumps(spec))
+
+
+MAX_STRING = 256  # characters of a string argument whose schema sets no maxLength
+MAX_ITEMS = 16  # items of an array argument whose schema sets no maxItems
+
+
+def _bounded(schema: object) -> object:
+    """The schema with a bound on every unbounded string and array, for decoding only (calls are checked against
+    the caller's own schema): a small model that starts repeating inside an argument ("I", "V", "I", "V", ...) would
+    otherwise run out of tokens mid-call, and half a call is no call."""
+    if isinstance(schema, list):
+        return [_bounded(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _bounded(v) for k, v in schema.items()}
+    kinds = out.get("type") if isinstance(out.get("type"), list) else [out.get("type")]
+    if "string" in kinds and "maxLength" not in out and "enum" not in out and "const" not in out:
+        out["maxLength"] = MAX_STRING
+    if "array" in kinds and "maxItems" not in out:
+        out["maxItems"] = MAX_ITEMS
+    return out
 
 
 def template_knows_tools(chat_template: str | None) -> bool:

@@ -7,15 +7,16 @@ import threading
 import pytest
 from werkzeug.serving import make_server
 
-from agents.app import create_app
 from common.settings import AgentSettings
-from tests.fakes import FakeEngine
+from tests.fakes import FakeEngine, expert_app
 
 
 class LiveExpert:
     def __init__(self, persona: str, data_dir, engine: FakeEngine, api_key: str | None = None):
         self.engine = engine
-        app = create_app(AgentSettings(persona=persona, data_dir=data_dir, api_key=api_key), engine)
+        # The orchestrator's tests script what experts say: a relevance floor of 1 keeps their notes out of it.
+        app = expert_app(AgentSettings(persona=persona, data_dir=data_dir, api_key=api_key, knowledge_min_score=1.0),
+                         engine)
         self.server = make_server("127.0.0.1", 0, app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

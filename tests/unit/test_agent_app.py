@@ -6,10 +6,9 @@ import json
 
 import pytest
 
-from agents.app import create_app
 from common.engine.types import EngineOverloaded, GenerationTimeout
 from common.settings import AgentSettings
-from tests.fakes import FakeEngine
+from tests.fakes import FakeEngine, expert_app
 
 
 @pytest.fixture
@@ -24,7 +23,7 @@ def engine():
 
 @pytest.fixture
 def client(settings, engine):
-    return create_app(settings, engine).test_client()
+    return expert_app(settings, engine).test_client()
 
 
 def error_of(resp):
@@ -87,7 +86,7 @@ def test_oversize_body_is_413(client):
 
 
 def test_not_ready_is_503_but_health_is_200(settings):
-    client = create_app(settings, FakeEngine(ready=False)).test_client()
+    client = expert_app(settings, FakeEngine(ready=False)).test_client()
     assert client.get("/health").status_code == 200
     for resp in (client.get("/ready"), client.post("/chat", json={"intent": "hi"})):
         assert resp.status_code == 503
@@ -98,7 +97,7 @@ def test_not_ready_is_503_but_health_is_200(settings):
 @pytest.mark.parametrize("error, status", [(EngineOverloaded("full", retry_after=2), 429),
                                            (GenerationTimeout("too slow"), 504)])
 def test_engine_failures_map_to_their_status(settings, error, status):
-    client = create_app(settings, FakeEngine(error=error)).test_client()
+    client = expert_app(settings, FakeEngine(error=error)).test_client()
     resp = client.post("/chat", json={"intent": "hi"})
     assert resp.status_code == status
     error_of(resp)
@@ -124,7 +123,7 @@ def test_sessions_keep_history_and_send_it_as_context(client, engine):
 def test_history_sent_is_capped_at_max_history_length(tmp_path):
     engine = FakeEngine()
     settings = AgentSettings(persona="ai_expert", data_dir=tmp_path, max_history_length=2)
-    client = create_app(settings, engine).test_client()
+    client = expert_app(settings, engine).test_client()
     for i in range(5):
         client.post("/chat", json={"intent": f"q{i}", "session_id": "s"})
     sent = engine.requests[-1].messages
@@ -190,7 +189,7 @@ def test_agent_card_has_the_a2a_shape_on_both_paths(client):
 
 def test_api_key_guards_everything_but_health(tmp_path, engine):
     settings = AgentSettings(persona="ai_expert", data_dir=tmp_path, api_key="s3cret")
-    client = create_app(settings, engine).test_client()
+    client = expert_app(settings, engine).test_client()
     assert client.get("/health").status_code == 200
     for path in ("/ready", "/metrics", "/sessions/a", "/.well-known/agent-card.json", "/v1/models"):
         resp = client.get(path, headers={"Authorization": "Bearer wrong"})

@@ -8,11 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.app import create_app as create_expert
 from common.settings import AgentSettings, OrchestratorSettings
 from orchestrator.app import create_app as create_orchestrator
 from orchestrator.routing import Router
-from tests.fakes import FakeEngine, KeywordEmbedder, ScriptedEngine
+from tests.fakes import FakeEngine, KeywordEmbedder, ScriptedEngine, expert_app
 
 LIMIT = 300
 json_values = st.recursive(
@@ -37,7 +36,7 @@ FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 @pytest.fixture(scope="module")
 def expert(tmp_path_factory):
     engine = FakeEngine()
-    app = create_expert(AgentSettings(persona="law_expert", data_dir=tmp_path_factory.mktemp("h"),
+    app = expert_app(AgentSettings(persona="law_expert", data_dir=tmp_path_factory.mktemp("h"),
                                       max_new_tokens_limit=LIMIT), engine)
     return app.test_client(), engine
 

@@ -13,7 +13,6 @@ import httpx
 import openai
 import pytest
 
-from agents.app import create_app
 from common.engine import tools
 from common.engine.checking import satisfies, to_gbnf
 from common.engine.dialects import DIALECTS, detect
@@ -29,6 +28,7 @@ from common.engine.types import (
     UnsupportedConstraint,
 )
 from common.settings import AgentSettings
+from tests.fakes import expert_app
 
 SCHEMA = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}}, "required": ["answer"]}
 CONSTRAINTS = {
@@ -237,7 +237,7 @@ def test_an_expert_on_a_server_that_breaks_constraints_answers_502_never_a_200(t
     seen: list = []
     remote = engine([completion("A contract is not binding without a signature."), completion("In legal terms")],
                     seen)
-    app = create_app(AgentSettings(persona="law_expert", data_dir=tmp_path), engine=remote)
+    app = expert_app(AgentSettings(persona="law_expert", data_dir=tmp_path), engine=remote)
     resp = app.test_client().post("/v1/chat/completions", json={
         "messages": [{"role": "user", "content": "Binding?"}], "structured_outputs": {"choice": ["yes", "no"]}})
     assert resp.status_code == 502, resp.get_json()
@@ -245,7 +245,7 @@ def test_an_expert_on_a_server_that_breaks_constraints_answers_502_never_a_200(t
 
 
 def test_tools_on_a_server_that_cannot_constrain_calls_are_a_400_naming_it(tmp_path):
-    app = create_app(AgentSettings(persona="law_expert", data_dir=tmp_path), engine=engine([], [], dialect="ollama"))
+    app = expert_app(AgentSettings(persona="law_expert", data_dir=tmp_path), engine=engine([], [], dialect="ollama"))
     resp = app.test_client().post("/v1/chat/completions", json={
         "messages": [{"role": "user", "content": "Binding?"}], "tools": [{"type": "function", "function": {
             "name": "f", "parameters": {"type": "object"}}}], "tool_choice": "required"})

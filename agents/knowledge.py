@@ -1,0 +1,316 @@
+"""An expert's knowledge base: documents split into chunks, embedded with MiniLM, stored and searched in SQLite with
+sqlite-vec, and the answers that cite them.
+
+Why SQLite with sqlite-vec: one file per expert beside its sessions, no server, and safe across processes (the CLI
+ingests while the expert serves; SQLite's locking keeps both consistent). A KNN search over 10,000 chunks takes a few
+milliseconds. Every write is one transaction, so a document is stored whole or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import sqlite_vec
+
+from agents.documents import Chunk, UnreadableDocument, chunks, read
+from common.embedding import DIMENSIONS
+from common.text import join_sentences, sentences
+
+try:  # the standard module, where the Python build can load extensions; else a wheel with its own SQLite
+    import sqlite3
+
+    sqlite3.connect(":memory:").enable_load_extension  # noqa: B018
+except AttributeError:  # pyenv's and some distributions' Pythons are built without it
+    import pysqlite3.dbapi2 as sqlite3  # type: ignore[no-redef]
+
+log = logging.getLogger(__name__)
+
+TOP_K = 3
+MIN_SCORE = 0.4  # cosine: below it a passage is unrelated, and nothing is better than something unrelated
+SUPPORTED = 0.6  # an answer sentence this close to a source sentence says what the source says
+ALREADY_SAID = 0.8  # the answer already has the passage's best sentence when one of its sentences is this close
+CITATION = re.compile(r"\s*\[\d+\]")
+FIGURE = re.compile(r"\d+(?:[.,]\d+)*")
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS documents (
+    id TEXT PRIMARY KEY, source TEXT UNIQUE NOT NULL, title TEXT NOT NULL, sha256 TEXT NOT NULL,
+    chunks INTEGER NOT NULL, bytes INTEGER NOT NULL, added_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY, document_id TEXT NOT NULL REFERENCES documents(id), ord INTEGER NOT NULL,
+    lead TEXT NOT NULL, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks(document_id);
+CREATE VIRTUAL TABLE IF NOT EXISTS chunk_vectors USING vec0(embedding float[{DIMENSIONS}] distance_metric=cosine);
+"""
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    id: str
+    source: str
+    title: str
+    sha256: str
+    chunks: int
+    bytes: int
+    added_at: float
+
+
+@dataclass(frozen=True)
+class Passage:
+    document: str
+    title: str
+    chunk: int
+    lead: str
+    body: str
+    score: float
+
+    @property
+    def text(self) -> str:
+        return f"{self.lead}: {self.body}"
+
+
+def document_id(source: str) -> str:
+    return "doc_" + hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+class KnowledgeStore:
+    """The chunks and vectors of one expert's documents, in ``path``."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._local = threading.local()
+        with self._db() as db:
+            db.executescript(SCHEMA)
+
+    def _db(self):
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30)
+            db.enable_load_extension(True)
+            sqlite_vec.load(db)
+            db.enable_load_extension(False)
+            db.execute("PRAGMA journal_mode=WAL")
+            self._local.db = db
+        return db
+
+    def put(self, source: str, title: str, sha256: str, size: int, parts: list[Chunk], vectors: np.ndarray) -> str:
+        """Store a document's chunks, replacing any earlier version of the same source, in one transaction."""
+        doc = document_id(source)
+        with self._db() as db:
+            self._remove(db, doc)
+            db.execute("INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (doc, source, title, sha256, len(parts), size, time.time()))
+            for ord_, (part, vector) in enumerate(zip(parts, vectors, strict=True)):
+                rowid = db.execute("INSERT INTO chunks (document_id, ord, lead, body) VALUES (?, ?, ?, ?)",
+                                   (doc, ord_, part.lead, part.body)).lastrowid
+                db.execute("INSERT INTO chunk_vectors (rowid, embedding) VALUES (?, ?)",
+                           (rowid, np.asarray(vector, dtype=np.float32).tobytes()))
+        return doc
+
+    def delete(self, doc: str) -> bool:
+        with self._db() as db:
+            return self._remove(db, doc)
+
+    @staticmethod
+    def _remove(db, doc: str) -> bool:
+        ids = [r[0] for r in db.execute("SELECT id FROM chunks WHERE document_id = ?", (doc,))]
+        db.executemany("DELETE FROM chunk_vectors WHERE rowid = ?", [(i,) for i in ids])
+        db.execute("DELETE FROM chunks WHERE document_id = ?", (doc,))
+        return db.execute("DELETE FROM documents WHERE id = ?", (doc,)).rowcount > 0
+
+    def documents(self) -> list[StoredDocument]:
+        rows = self._db().execute("SELECT * FROM documents ORDER BY source").fetchall()
+        return [StoredDocument(*row) for row in rows]
+
+    def get(self, doc: str) -> StoredDocument | None:
+        row = self._db().execute("SELECT * FROM documents WHERE id = ?", (doc,)).fetchone()
+        return StoredDocument(*row) if row else None
+
+    def sha256_of(self, source: str) -> str | None:
+        row = self._db().execute("SELECT sha256 FROM documents WHERE source = ?", (source,)).fetchone()
+        return row[0] if row else None
+
+    def count(self) -> int:
+        return self._db().execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+
+    def search(self, vector: np.ndarray, k: int) -> list[Passage]:
+        rows = self._db().execute(
+            """SELECT c.document_id, d.title, c.ord, c.lead, c.body, v.distance
+               FROM (SELECT rowid, distance FROM chunk_vectors WHERE embedding MATCH ? AND k = ?) v
+               JOIN chunks c ON c.id = v.rowid JOIN documents d ON d.id = c.document_id
+               ORDER BY v.distance""",
+            (np.asarray(vector, dtype=np.float32).tobytes(), k)).fetchall()
+        return [Passage(doc, title, ord_, lead, body, round(1.0 - distance, 4))
+                for doc, title, ord_, lead, body, distance in rows]
+
+
+@dataclass(frozen=True)
+class Ingested:
+    id: str
+    source: str
+    title: str
+    chunks: int
+    replaced: bool
+    unchanged: bool = False
+
+
+@dataclass
+class Grounded:
+    """An answer with its passages: the sentences marked [n] by the passage that supports them."""
+
+    text: str
+    passages: list[Passage]
+    cited: list[int]  # 1-based numbers of the passages the text cites
+
+
+CATALOG = "catalog:"  # sources that come from the persona catalog's knowledge globs
+
+
+class Knowledge:
+    """Ingestion, retrieval and citation for one expert. ``embed`` maps texts to L2-normalised vectors; it is made
+    by ``embedder`` on first use, so an expert without knowledge never loads it."""
+
+    def __init__(self, store: KnowledgeStore, embedder: Callable[[], Callable[[list[str]], object]],
+                 top_k: int = TOP_K, min_score: float = MIN_SCORE):
+        self.store, self._embedder, self.top_k, self.min_score = store, embedder, top_k, min_score
+        self._embed: Callable[[list[str]], object] | None = None
+        self._lock = threading.Lock()
+        self.ready = threading.Event()
+        self.error: str | None = None
+
+    def _embedding(self) -> Callable[[list[str]], object]:
+        with self._lock:
+            if self._embed is None:
+                self._embed = self._embedder()
+            return self._embed
+
+    def start(self, files: list[Path], base: Path) -> Knowledge:
+        """Bring the catalog's documents up to date in the background; ``ready`` is set when done."""
+
+        def run() -> None:
+            try:
+                for path, result in self.sync(files, base):
+                    if isinstance(result, Exception):
+                        log.warning("knowledge: %s skipped: %s", path, result)
+            except Exception as exc:  # reported by /ready, never swallowed
+                log.exception("knowledge sync failed")
+                self.error = f"{type(exc).__name__}: {exc}"
+            self.ready.set()
+
+        threading.Thread(target=run, name="knowledge-sync", daemon=True).start()
+        return self
+
+    def sync(self, files: list[Path], base: Path) -> list[tuple[Path, Ingested | Exception]]:
+        """Ingest the catalog's files that changed, and forget catalog documents whose files are gone."""
+        results: list[tuple[Path, Ingested | Exception]] = []
+        wanted = set()
+        for path in files:
+            name = CATALOG + (path.relative_to(base).as_posix() if path.is_relative_to(base) else str(path))
+            wanted.add(name)
+            try:
+                results.append((path, self.ingest(name, path.read_bytes())))
+            except (UnreadableDocument, OSError) as exc:
+                results.append((path, exc))
+        for doc in self.store.documents():
+            if doc.source.startswith(CATALOG) and doc.source not in wanted:
+                self.store.delete(doc.id)
+        return results
+
+    def vectors(self, texts: list[str]) -> np.ndarray:
+        out = self._embedding()(texts)
+        return out.numpy() if hasattr(out, "numpy") else np.asarray(out)
+
+    # ---- ingestion ------------------------------------------------------------------------------------------------
+    def ingest(self, name: str, data: bytes, force: bool = False) -> Ingested:
+        """Read, chunk, embed and store one document (UnreadableDocument if it cannot be read: nothing is stored).
+        A source whose bytes did not change is left as it is unless ``force``."""
+        sha = hashlib.sha256(data).hexdigest()
+        known = self.store.sha256_of(name)
+        if known == sha and not force:
+            stored = self.store.get(document_id(name))
+            return Ingested(stored.id, name, stored.title, stored.chunks, replaced=False, unchanged=True)
+        document = read(name, data)
+        parts = chunks(document)
+        doc = self.store.put(name, document.title, sha, len(data), parts, self.vectors([p.text for p in parts]))
+        return Ingested(doc, name, document.title, len(parts), replaced=known is not None)
+
+    def ingest_paths(self, paths: Iterable[Path], on_each: Callable[[Path, Ingested | Exception], None]) -> None:
+        """Each file in turn; a file that fails is reported through ``on_each`` and the others go on."""
+        for path in paths:
+            try:
+                result: Ingested | Exception = self.ingest(str(path), path.read_bytes())
+            except (UnreadableDocument, OSError) as exc:
+                result = exc
+            on_each(path, result)
+
+    # ---- retrieval and citation -----------------------------------------------------------------------------------
+    def retrieve(self, question: str) -> list[Passage]:
+        """The best passages for the question, none below the relevance floor."""
+        if not self.store.count():
+            return []
+        return [p for p in self.store.search(self.vectors([question])[0], self.top_k) if p.score >= self.min_score]
+
+    @staticmethod
+    def prompt(passages: list[Passage]) -> str:
+        """The passages for the system message, numbered as the answer cites them."""
+        listing = "\n".join(f"[{i}] {p.text}" for i, p in enumerate(passages, 1))
+        return ("Sources you may use (cite the number of the source you use, like [1]):\n" + listing +
+                "\nAnswer from these sources when they cover the question.")
+
+    def ground(self, question: str, answer: str, passages: list[Passage]) -> Grounded:
+        """Mark each sentence with the passage that supports it, and lead with the passage's best sentence for the
+        question when the answer does not already say it: a small model often paraphrases a fact away."""
+        if not passages:
+            return Grounded(answer, [], [])
+        said = [CITATION.sub("", s).strip() for s in sentences(answer)]
+        said = [s for s in said if s]
+        source_sentences = [(i, s) for i, p in enumerate(passages) for s in sentences(p.body)]
+        if not source_sentences:
+            return Grounded(answer, passages, [])
+        n_said, n_src = len(said), len(source_sentences)
+        # Each source sentence twice: alone (what an answer sentence would repeat) and led by its passage's title
+        # (what it is about: "It entered into force on 1 August 2024" says nothing of the AI Act by itself).
+        vectors = self.vectors([question, *said, *(s for _, s in source_sentences),
+                                *(f"{passages[i].lead}: {s}" for i, s in source_sentences)])
+        q, said_v = vectors[0], vectors[1:1 + n_said]
+        source_v, led_v = vectors[1 + n_said:1 + n_said + n_src], vectors[1 + n_said + n_src:]
+        best = int(np.argmax(led_v @ q))
+        lead_passage, lead = source_sentences[best]
+        support = said_v @ source_v.T if said else np.zeros((0, n_src))  # answer sentence x source sentence
+        kept: list[tuple[str, int | None]] = []  # each sentence with the passage it cites
+        for row, sentence in zip(support, said, strict=True):
+            j = int(np.argmax(row))
+            if row[j] < SUPPORTED:
+                kept.append((sentence, None))
+                continue
+            passage = source_sentences[j][0]
+            if _figures(sentence) <= _figures(passages[passage].body):
+                kept.append((sentence, passage + 1))
+            # else: it says what the source is about with figures the source does not have, a wrong fact: dropped
+        already = any(float(support[i, best]) >= ALREADY_SAID for i, sentence in enumerate(said)
+                      if any(sentence == k for k, _ in kept))
+        if not already:
+            kept.insert(0, (lead, lead_passage + 1))
+        marked = [_mark(sentence, n) if n else sentence for sentence, n in kept]
+        return Grounded(join_sentences(marked), passages, sorted({n for _, n in kept if n}))
+
+
+def _figures(text: str) -> set[str]:
+    """The numbers a text states (dates, amounts, articles): a sentence may cite a passage only if it states none the
+    passage does not."""
+    return set(FIGURE.findall(text))
+
+
+def _mark(sentence: str, number: int) -> str:
+    """The citation inside the sentence, before its full stop, so splitting the answer into sentences keeps it."""
+    body, end = (sentence[:-1], sentence[-1]) if sentence[-1:] in ".!?" else (sentence, "")
+    return f"{body} [{number}]{end}"
