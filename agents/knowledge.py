@@ -268,7 +268,9 @@ class Knowledge:
 
     def ground(self, question: str, answer: str, passages: list[Passage]) -> Grounded:
         """Mark each sentence with the passage that supports it, and lead with the passage's best sentence for the
-        question when the answer does not already say it: a small model often paraphrases a fact away."""
+        question when the answer does not already say it: a small model often paraphrases a fact away. A sentence
+        that states a figure (a date, an amount, an article) which neither the question nor any passage states is
+        dropped: with sources at hand, a number from nowhere is a guess."""
         if not passages:
             return Grounded(answer, [], [])
         said = [CITATION.sub("", s).strip() for s in sentences(answer)]
@@ -287,10 +289,12 @@ class Knowledge:
         lead_passage, lead = source_sentences[best]
         support = said_v @ source_v.T if said else np.zeros((0, n_src))  # answer sentence x source sentence
         kept: list[tuple[str, int | None]] = []  # each sentence with the passage it cites
+        known = _figures(question).union(*(_figures(p.body) for p in passages))
         for row, sentence in zip(support, said, strict=True):
             j = int(np.argmax(row))
             if row[j] < SUPPORTED:
-                kept.append((sentence, None))
+                if _figures(sentence) <= known:  # a figure no passage states is the model's guess: dropped
+                    kept.append((sentence, None))
                 continue
             passage = source_sentences[j][0]
             if _figures(sentence) <= _figures(passages[passage].body):

@@ -4,7 +4,9 @@ Sections: expert throughput (batched engine vs the seed's generate()-per-request
 waves interleaved), single-request overhead (HTTP + scheduling vs a bare decode of the same tokens, alternated), memory
 (expert RSS idle and under load), dtype quality, what reproducible greedy answers (float32) cost against bfloat16,
 /integrate panel wall time vs its experts' times, routing accuracy on a labelled set, the quality of /integrate's
-answers on a dev set (bench/quality.py), and tool calling on BFCL against llama.cpp's server (bench/tool_calls.py).
+answers on a dev set (bench/quality.py), tool calling on BFCL against llama.cpp's server (bench/tool_calls.py), and the
+experts' knowledge bases: fact recall with and without retrieval, citations, the store at 10,000 chunks
+(bench/knowledge.py).
 Prints a table and writes JSON under bench/results/.
 """
 
@@ -24,7 +26,7 @@ import torch
 import yaml
 
 from agents.personas import get_persona
-from bench import quality, tool_calls
+from bench import knowledge, quality, tool_calls
 from common.engine.decoding import make_decoder
 from common.engine.loading import cpu_has_native_bf16, load_model, pick_dtype
 from tests.services import MODEL_CACHE, Service, expert, free_port, orchestrator_service
@@ -324,6 +326,7 @@ def report(results: dict) -> None:
               f"{r['wall_over_sum_plus_merge']}")
     quality.report(results["quality"])
     tool_calls.report(results["tool_calls"])
+    knowledge.report(results["knowledge"])
     r = results["routing"]
     print(f"\n== Routing on {r['tasks']} labelled tasks ==")
     print(f"semantic ranking picks a right expert first: {r['ranking_first_right']}/{r['tasks']} "
@@ -346,6 +349,7 @@ def main() -> None:
             "routing": routing(),
             "quality": quality.quality(work),
             "tool_calls": tool_calls.tool_calls(work),
+            "knowledge": knowledge.knowledge(work),
         }
     results["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     report(results)

@@ -1,0 +1,137 @@
+"""The experts' knowledge bases, measured: fact recall with and without retrieval, citations, latency, and the store at
+10,000 chunks.
+
+- Fact recall on bench/knowledge_questions.yaml: each question asked of its expert through ``POST /chat`` with
+  ``knowledge`` on and off, interleaved, greedy; right when the answer contains an expected string.
+- Citations: the share of in-domain answers that cite a source; questions outside every knowledge base must cite none.
+- Latency: /chat p50 with and without retrieval (the difference includes the longer prompt), and retrieval alone
+  (embedding the question and the KNN search) at 10,000 chunks.
+- Ingestion throughput: chunks per second while building that 10,000-chunk store (reading, chunking, embedding,
+  storing).
+
+``python -m bench.knowledge`` runs it alone.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+import yaml
+
+from agents.knowledge import Knowledge, KnowledgeStore
+from agents.personas import get_persona
+from common.embedding import Embedder
+from common.text import sentences
+from tests.services import expert
+
+HERE = Path(__file__).parent
+MAX_NEW_TOKENS = 160
+TARGET_CHUNKS = 10_000
+
+
+def ask(url: str, question: str, knowledge: bool) -> dict:
+    started = time.perf_counter()
+    body = requests.post(f"{url}/chat", json={"intent": question, "knowledge": knowledge,
+                                              "max_new_tokens": MAX_NEW_TOKENS}, timeout=600).json()
+    return {"response": body["response"], "latency_s": time.perf_counter() - started,
+            "sources": len(body["sources"]), "cited": any(s["cited"] for s in body["sources"])}
+
+
+def recall(work: Path) -> list[dict]:
+    questions = yaml.safe_load((HERE / "knowledge_questions.yaml").read_text())
+    services = {p: expert(p, work / f"knowledge-{p}").start() for p in {q["persona"] for q in questions}}
+    rows = []
+    try:
+        for item in questions:
+            url = services[item["persona"]].url
+            row = {"persona": item["persona"], "question": item["q"], "none": bool(item.get("none"))}
+            for mode in (True, False):  # interleaved: with and without retrieval, question by question
+                answer = ask(url, item["q"], mode)
+                expected = [e.lower() for e in item.get("expect", [])]
+                answer["right"] = any(e in answer["response"].lower() for e in expected)
+                row["with" if mode else "without"] = answer
+            rows.append(row)
+    finally:
+        for service in services.values():
+            service.stop()
+    return rows
+
+
+def at_scale(work: Path) -> dict:
+    """A store of 10,000 chunks made of the shipped notes' sentences, shuffled into new documents: ingestion
+    throughput while building it, then retrieval latency over it."""
+    notes = [p for persona in ("law_expert", "ai_expert") for p in get_persona(persona).knowledge_files()]
+    pool = [s for p in notes for s in sentences(p.read_text().split("\n", 1)[1])]
+    rng = random.Random(0)
+    knowledge = Knowledge(KnowledgeStore(work / "scale.sqlite3"), Embedder)
+    knowledge.vectors(["warm up"])
+    started, n, doc = time.perf_counter(), 0, 0
+    while n < TARGET_CHUNKS:
+        paragraphs = [f"# Document {doc}\n"] + [" ".join(rng.sample(pool, 4)) for _ in range(50)]
+        n += knowledge.ingest(f"synthetic-{doc}.md", "\n\n".join(paragraphs).encode()).chunks
+        doc += 1
+    ingest_s = time.perf_counter() - started
+    questions = [q["q"] for q in yaml.safe_load((HERE / "knowledge_questions.yaml").read_text())]
+    timings = []
+    for question in questions:
+        t = time.perf_counter()
+        knowledge.retrieve(question)
+        timings.append((time.perf_counter() - t) * 1000)
+    timings.sort()
+    return {"chunks": knowledge.store.count(), "documents": doc, "ingest_chunks_per_s": round(n / ingest_s, 1),
+            "retrieval_ms_p50": round(statistics.median(timings), 1),
+            "retrieval_ms_p95": round(timings[int(0.95 * (len(timings) - 1))], 1)}
+
+
+def knowledge(work: Path) -> dict:
+    rows = recall(work)
+    inside = [r for r in rows if not r["none"]]
+    outside = [r for r in rows if r["none"]]
+    with_right = sum(r["with"]["right"] for r in inside)
+    without_right = sum(r["without"]["right"] for r in inside)
+    summary = {
+        "questions": len(inside),
+        "recall_with": round(with_right / len(inside), 3),
+        "recall_without": round(without_right / len(inside), 3),
+        "recall_ratio": round(with_right / max(without_right, 1), 2),
+        "cited_share": round(sum(r["with"]["cited"] for r in inside) / len(inside), 3),
+        "outside_questions": len(outside),
+        "outside_cited": sum(r["with"]["cited"] or r["with"]["sources"] > 0 for r in outside),
+        "p50_with_s": round(statistics.median(r["with"]["latency_s"] for r in rows), 2),
+        "p50_without_s": round(statistics.median(r["without"]["latency_s"] for r in rows), 2),
+    }
+    return {"summary": summary, "scale": at_scale(work), "rows": rows}
+
+
+def report(k: dict) -> None:
+    s, scale = k["summary"], k["scale"]
+    print(f"\n== Knowledge: fact recall on {s['questions']} questions (bench/knowledge_questions.yaml), embedded "
+          "model, with and without retrieval, interleaved ==")
+    print("targets: recall with >= 4x without and >= 75% | >= 90% cite a source | retrieval < 150 ms at 10k chunks "
+          "| outside questions cite nothing")
+    print(f"recall with retrieval {s['recall_with']:.0%} | without {s['recall_without']:.0%} | ratio "
+          f"{s['recall_ratio']}x | cited {s['cited_share']:.0%} | outside questions citing: {s['outside_cited']}/"
+          f"{s['outside_questions']} | /chat p50 {s['p50_with_s']} s with, {s['p50_without_s']} s without")
+    print(f"store at {scale['chunks']} chunks ({scale['documents']} documents): ingestion "
+          f"{scale['ingest_chunks_per_s']} chunks/s | retrieval (embed + search) p50 {scale['retrieval_ms_p50']} ms, "
+          f"p95 {scale['retrieval_ms_p95']} ms")
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        k = knowledge(Path(tmp))
+    if "-v" in sys.argv:
+        for r in k["rows"]:
+            print(f"--- {r['question']}\n  with ({r['with']['right']}): {r['with']['response'][:300]}\n"
+                  f"  without ({r['without']['right']}): {r['without']['response'][:200]}")
+    report(k)
+
+
+if __name__ == "__main__":
+    main()
