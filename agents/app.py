@@ -11,6 +11,7 @@ from agents.knowledge import Knowledge, KnowledgeStore
 from agents.personas import get_persona
 from agents.service import VERSION, ExpertService
 from agents.sessions import SessionStore
+from common import a2a
 from common.embedding import Embedder
 from common.engine import make_engine
 from common.openapi import Route, build_openapi
@@ -148,13 +149,16 @@ def create_app(settings: AgentSettings | None = None, engine=None, embedder=None
     @app.get("/.well-known/agent-card.json")
     @app.get("/.well-known/agent.json")
     def agent_card():
-        return service.card(request.host_url).model_dump()
+        return service.card(request.host_url)
 
     @app.get("/metrics")
     def metrics_text():
         metrics.waiting.labels(persona.id).set(engine.waiting)
         metrics.running.labels(persona.id).set(engine.running_rows)
         return metrics.render()
+
+    a2a.mount(app, service.a2a_turn, service.card_proto(settings.public_url or f"http://{settings.host}"),
+              settings.data_dir / f"a2a-{persona.id}.sqlite3", settings.api_key)
 
     openapi = build_openapi(f"Conclave expert: {persona.name}", VERSION, ROUTES, bool(settings.api_key))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -10,11 +11,10 @@ from itertools import chain
 from agents.knowledge import Knowledge, Passage
 from agents.personas import Persona
 from agents.sessions import SessionStore
+from common.a2a import Progress, agent_card, card_json
 from common.engine import tools
 from common.engine.types import Engine, EngineError, Generation, GenerationResult
 from common.protocol import (
-    AgentCapabilities,
-    AgentCard,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -193,17 +193,43 @@ class ExpertService:
         return events(), gen
 
     # ---- discovery --------------------------------------------------------------------------------------------
-    def card(self, base_url: str) -> AgentCard:
-        return AgentCard(
-            name=self.persona.name,
-            description=self.persona.description,
-            url=self.settings.public_url or base_url.rstrip("/"),
-            version=VERSION,
-            capabilities=AgentCapabilities(streaming=True),
-            skills=self.persona.skills,
-            preferredTransport="HTTP+JSON",
-            conclave={"persona": self.persona.id, "chat": "/chat", "openai": "/v1", "model": self.model_name},
-        )
+    def card_proto(self, base_url: str):
+        """The A2A agent card: the JSON-RPC interface at /a2a, and our own endpoints in the Conclave extension."""
+        return agent_card(
+            self.persona.name, self.persona.description, self.settings.public_url or base_url, VERSION,
+            self.persona.skills, bool(self.settings.api_key),
+            {"persona": self.persona.id, "chat": "/chat", "openai": "/v1", "model": self.model_name})
+
+    def card(self, base_url: str) -> dict:
+        return card_json(self.card_proto(base_url))
+
+    # ---- A2A ------------------------------------------------------------------------------------------------------
+    def a2a_turn(self, text: str, context_id: str, cancelled: threading.Event) -> Iterator[Progress]:
+        """One A2A message as a /chat turn: the context is the session, so a conversation keeps its history. Without
+        sources the answer streams as it is decoded; with them it arrives whole, once its citations are marked."""
+        req = ChatRequest(intent=text, session_id=context_id[:128], stream=True)
+        events, gen = self.chat_events(req)
+        threading.Thread(target=_cancel_when, args=(cancelled, gen), daemon=True).start()
+        grounded = streamed = False
+        for event, data in events:
+            if event == "sources":
+                grounded = True
+                yield Progress("status", f"answering from {len(data['sources'])} passages of the knowledge base")
+            elif event == "delta" and not grounded:
+                streamed = True
+                yield Progress("delta", data["delta"])
+            elif event == "done" and (grounded or not streamed):
+                yield Progress("delta", data["response"])
+            elif event == "error":
+                raise RuntimeError(data["error"]["message"])
+
+
+def _cancel_when(cancelled: threading.Event, gen: Generation) -> None:
+    """Cancel the generation when its A2A task is cancelled; give up watching once it is done."""
+    while not cancelled.wait(0.5):
+        if gen.done:
+            return
+    gen.cancel()
 
 
 def _sources(passages: list[Passage], cited: list[int]) -> list[Source]:

@@ -1,9 +1,15 @@
-"""Typed HTTP client for one expert: real timeouts, retries with backoff on connection errors, one domain error."""
+"""Typed HTTP client for one expert: real timeouts, retries with backoff on connection errors, one domain error.
+
+Our own experts are asked over ``/chat`` (which carries their sources); any other agent, or every expert when
+``EXPERT_TRANSPORT=a2a``, is asked over A2A with the a2a-sdk client.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+import httpx
 import requests
 
 from common.protocol import AgentCard, ChatResponse
@@ -28,6 +34,7 @@ class ExpertClient:
         self.backoff_s = backoff_s
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = session or requests.Session()
+        self.a2a = False  # set once the card is read: ask this agent over A2A
 
     def _request(self, method: str, path: str, timeout=None, **kwargs) -> requests.Response:
         """Retry only what is safe to retry: the connection failing before the expert saw the request."""
@@ -52,7 +59,13 @@ class ExpertClient:
         return AgentCard.model_validate(resp.json())
 
     def ready(self) -> tuple[bool, str]:
-        """(ready, why not). Never raises."""
+        """(ready, why not). Never raises. An A2A agent is ready when its card answers."""
+        if self.a2a:
+            try:
+                self.card()
+            except ExpertError as exc:
+                return False, exc.reason
+            return True, ""
         try:
             resp = self._request("GET", "/ready", timeout=(self.timeout[0], 10))
         except ExpertError as exc:
@@ -62,9 +75,44 @@ class ExpertClient:
         return False, _message(resp)
 
     def chat(self, intent: str, **fields) -> ChatResponse:
+        if self.a2a:
+            return self._a2a_chat(intent)
         resp = self._request("POST", "/chat", json={"intent": intent, **fields})
         _raise_for(resp, self.name)
         return ChatResponse.model_validate(resp.json())
+
+    def _a2a_chat(self, intent: str) -> ChatResponse:
+        """One blocking A2A SendMessage; the answer is the task's artifacts (or the agent's message) as text."""
+        from a2a.client import A2AClientError, ClientConfig, create_client
+        from a2a.helpers.proto_helpers import get_artifact_text, get_message_text, new_text_message
+        from a2a.types.a2a_pb2 import Role, SendMessageRequest, TaskState
+
+        async def ask() -> str:
+            timeout = httpx.Timeout(self.timeout[1], connect=self.timeout[0])
+            async with httpx.AsyncClient(timeout=timeout, headers=self._headers) as http:
+                client = await create_client(self.base_url, client_config=ClientConfig(httpx_client=http,
+                                                                                        streaming=False))
+                message = new_text_message(intent, role=Role.ROLE_USER)
+                async for event in client.send_message(SendMessageRequest(message=message)):
+                    if event.HasField("message"):
+                        return get_message_text(event.message)
+                    task = event.task
+                    if task.status.state == TaskState.TASK_STATE_COMPLETED:
+                        return "".join(get_artifact_text(a) for a in task.artifacts)
+                    if task.status.state in (TaskState.TASK_STATE_FAILED, TaskState.TASK_STATE_REJECTED,
+                                             TaskState.TASK_STATE_CANCELED):
+                        reason = get_message_text(task.status.message) if task.status.HasField("message") else ""
+                        raise ExpertError(self.name, f"A2A task {TaskState.Name(task.status.state)}: {reason}")
+            raise ExpertError(self.name, "the A2A agent ended without an answer")
+
+        started = time.perf_counter()
+        try:
+            text = asyncio.run(ask())
+        except (A2AClientError, httpx.HTTPError) as exc:
+            raise ExpertError(self.name, f"A2A call to {self.base_url} failed: {_short(exc)}") from None
+        return ChatResponse(response=text.strip(), persona=self.name, model="a2a", session_id=None,
+                            usage={"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                            finish_reason="stop", elapsed_ms=int((time.perf_counter() - started) * 1000))
 
 
 def _message(resp: requests.Response) -> str:

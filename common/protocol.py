@@ -395,24 +395,43 @@ class AgentSkill(BaseModel):
     examples: list[str] = []
 
 
+class AgentExtension(BaseModel):
+    uri: str
+    description: str = ""
+    required: bool = False
+    params: dict[str, Any] = {}
+
+
 class AgentCapabilities(BaseModel):
-    streaming: bool = True
+    model_config = ConfigDict(extra="allow")
+
+    streaming: bool = False
     pushNotifications: bool = False
+    extensions: list[AgentExtension] = []
+
+
+class AgentInterface(BaseModel):
+    url: str
+    protocolBinding: str
+    protocolVersion: str = ""
+
+
+CONCLAVE_EXTENSION = "https://github.com/conclave/extensions/persona/v1"
 
 
 class AgentCard(BaseModel):
-    """The A2A agent card (``/.well-known/agent-card.json``): how the orchestrator learns what an expert is for."""
+    """The A2A 1.0 agent card (``/.well-known/agent-card.json``), as the orchestrator reads it: what an agent is for
+    and where it answers. Cards carry more (security schemes, 0.3 compatibility fields); they are kept as extras."""
 
     model_config = ConfigDict(extra="allow")
 
-    protocolVersion: str = "0.3.0"
     name: str
     description: str
-    url: str
-    version: str
+    version: str = ""
+    supportedInterfaces: list[AgentInterface] = []
     capabilities: AgentCapabilities = AgentCapabilities()
-    defaultInputModes: list[str] = ["text/plain", "application/json"]
-    defaultOutputModes: list[str] = ["text/plain", "application/json"]
+    defaultInputModes: list[str] = ["text/plain"]
+    defaultOutputModes: list[str] = ["text/plain"]
     skills: list[AgentSkill] = []
 
     def routing_text(self) -> str:
@@ -421,6 +440,14 @@ class AgentCard(BaseModel):
         for s in self.skills:
             parts += [s.name, s.description, *s.tags, *s.examples]
         return "\n".join(parts)
+
+    @property
+    def conclave(self) -> dict[str, Any]:
+        """Our experts' own endpoints (persona id, /chat), from the card's Conclave extension; empty for others."""
+        return next((e.params for e in self.capabilities.extensions if e.uri == CONCLAVE_EXTENSION), {})
+
+    def jsonrpc_url(self) -> str | None:
+        return next((i.url for i in self.supportedInterfaces if i.protocolBinding == "JSONRPC"), None)
 
 
 # ---- orchestrator --------------------------------------------------------------------------------------------------

@@ -62,6 +62,8 @@ class WebSettings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Larger request bodies get 413.")
     data_dir: Path = Field(DEFAULT_DATA_DIR, description="SQLite databases live here.")
     log_level: str = "INFO"
+    public_url: str | None = Field(None, description="The service's URL as others reach it, written in its A2A "
+                                   "agent card; default: the URL the card was asked at.")
 
     @field_validator("api_key")
     @classmethod
@@ -80,7 +82,6 @@ class AgentSettings(WebSettings, EngineSettings):
     )
     # Named agent_port, not port: honcho and PaaS hosts export PORT, which would otherwise be read as this setting.
     agent_port: int | None = Field(None, ge=1, le=65535, description="Default: the persona's own port.")
-    public_url: str | None = Field(None, validation_alias="PUBLIC_URL", description="URL written in the agent card.")
     default_max_new_tokens: int = Field(512, ge=1, validation_alias="DEFAULT_MAX_NEW_TOKENS")
     max_history_length: int = Field(10, ge=2, le=20, validation_alias="MAX_HISTORY_LENGTH")
     knowledge_top_k: int = Field(3, ge=1, le=20, validation_alias="KNOWLEDGE_TOP_K",
@@ -106,6 +107,10 @@ class OrchestratorSettings(WebSettings, EngineSettings):
         validation_alias="EXPERT_URLS",
         description="Comma-separated base URLs of the experts.",
     )
+    expert_transport: Literal["auto", "a2a"] = Field(
+        "auto", validation_alias="EXPERT_TRANSPORT",
+        description="auto: our experts over /chat (with their sources), any other A2A agent over A2A; a2a: every "
+        "expert over A2A.")
     connect_timeout_s: float = Field(5.0, gt=0, validation_alias="EXPERT_CONNECT_TIMEOUT")
     read_timeout_s: float = Field(300.0, gt=0, validation_alias="EXPERT_READ_TIMEOUT")
     retries: int = Field(2, ge=0, le=10, validation_alias="EXPERT_RETRIES")

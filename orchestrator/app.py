@@ -7,6 +7,7 @@ from pathlib import Path
 
 from flask import Flask, request, send_from_directory
 
+from common import a2a, asgi
 from common.client import ExpertClient
 from common.embedding import Embedder
 from common.engine import make_engine
@@ -14,10 +15,11 @@ from common.openapi import Route, build_openapi
 from common.protocol import IntegrateRequest, IntegrateResponse, RunRecord
 from common.settings import OrchestratorSettings
 from common.web import ApiError, check_id, error_response, install, parse_body, sse, static_file
+from orchestrator import mcp
 from orchestrator.experts import ExpertRegistry
 from orchestrator.routing import Router
 from orchestrator.runs import RunStore
-from orchestrator.service import Orchestrator
+from orchestrator.service import PANEL_SKILL, Orchestrator
 
 STATIC = Path(__file__).with_name("static")
 VERSION = "1.0.0"
@@ -27,6 +29,7 @@ ROUTES = [
     Route("get", "/experts", "The experts, from their agent cards, with their health"),
     Route("get", "/runs", "Stored runs, newest first"),
     Route("get", "/runs/{run_id}", "One stored run", response=RunRecord),
+    Route("get", "/.well-known/agent-card.json", "A2A agent card (the panel as one agent)"),
     Route("get", "/health", "Liveness"),
     Route("get", "/ready", "Readiness: the LLM is loaded and at least one expert answers"),
     Route("get", "/metrics", "Prometheus metrics", content_type="text/plain"),
@@ -40,12 +43,27 @@ def create_app(settings: OrchestratorSettings | None = None, llm=None, experts: 
     engine = llm if llm is not None else make_engine(settings).start()
     if experts is None:
         experts = ExpertRegistry(settings.expert_url_list, lambda url: ExpertClient(
-            url, settings.api_key, settings.connect_timeout_s, settings.read_timeout_s, settings.retries))
+            url, settings.api_key, settings.connect_timeout_s, settings.read_timeout_s, settings.retries),
+            settings.expert_transport)
     app = Flask(__name__, static_folder=None)
     metrics = install(app, settings, "orchestrator")
     service = Orchestrator(settings, engine, experts, router_factory or (lambda: Router(Embedder())),
                            RunStore(settings.data_dir / "runs.sqlite3"))
     app.extensions["orchestrator"] = service
+
+    def card(base_url: str):
+        return a2a.agent_card("Conclave panel", "A panel of expert agents that answers as one.",
+                              settings.public_url or base_url, VERSION, [PANEL_SKILL], bool(settings.api_key))
+
+    a2a.mount(app, service.a2a_turn, card(settings.public_url or f"http://{settings.host}"),
+              settings.data_dir / "a2a-orchestrator.sqlite3", settings.api_key)
+
+    asgi.mount(app, mcp.MCP_PATH, mcp.build(service, experts, settings, VERSION), lifespan=True)
+
+    @app.get("/.well-known/agent-card.json")
+    @app.get("/.well-known/agent.json")
+    def agent_card():
+        return a2a.card_json(card(request.host_url))
 
     @app.get("/health")
     def health():

@@ -15,7 +15,7 @@ def tool_name(card: AgentCard) -> str:
     """The expert's one name: our experts' persona id (``law_expert``, as in their URLs, logs and ``/integrate``'s
     ``experts``); for another agent its card name made writable ('Legal Expert' -> 'legal_expert'). Either is a name
     a ReAct step can write and a grammar can list."""
-    persona = (card.model_extra or {}).get("conclave", {}).get("persona")
+    persona = card.conclave.get("persona")
     return re.sub(r"[^a-z0-9]+", "_", (persona or card.name).lower()).strip("_") or "expert"
 
 
@@ -34,9 +34,10 @@ class Expert:
 class ExpertRegistry:
     """The experts named by EXPERT_URLS. A card is read once; an expert that was down is looked up again on use."""
 
-    def __init__(self, urls: Iterable[str], make_client):
+    def __init__(self, urls: Iterable[str], make_client, transport: str = "auto"):
         self.urls = list(urls)
         self._make_client = make_client
+        self.transport = transport
         self._experts: dict[str, Expert] = {}  # by url
         self._lock = threading.Lock()
 
@@ -52,6 +53,8 @@ class ExpertRegistry:
         with self._lock:
             expert = Expert(self._unique_name(tool_name(card), url), url, card, client)
             client.name = expert.name
+            # another team's agent is asked over A2A; ours over /chat, which carries sources, unless told otherwise
+            client.a2a = self.transport == "a2a" or not card.conclave
             return self._experts.setdefault(url, expert)
 
     def _unique_name(self, name: str, url: str) -> str:

@@ -9,7 +9,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
-from common.protocol import IntegrateRequest, IntegrateResponse, RunRecord
+from common.a2a import Progress
+from common.protocol import AgentSkill, IntegrateRequest, IntegrateResponse, RunRecord
 from common.settings import OrchestratorSettings
 from common.web import ApiError
 from orchestrator.compose import Composer, cite
@@ -115,6 +116,22 @@ class Orchestrator:
         self.runs.save(RunRecord(**response.model_dump(), task=req.task, created_at=created, status="done"))
         return response
 
+    # ---- A2A ------------------------------------------------------------------------------------------------------
+    def a2a_turn(self, text: str, context_id: str, cancelled: threading.Event) -> Iterator[Progress]:
+        """One A2A message as a run of the panel: each consultation a status update, the composed answer the
+        artifact. A cancelled task stops reporting at once; experts already asked finish their answers."""
+        for event, data in self.integrate_events(IntegrateRequest(task=text)):
+            if cancelled.is_set():
+                return
+            if event == "action":
+                yield Progress("status", f"asking {data['expert']}: {data['reason'] or data['thought']}")
+            elif event == "observation":
+                yield Progress("status", f"{data['expert']} answered" if data["ok"] else data["observation"])
+            elif event == "final":
+                yield Progress("delta", data["response"])
+            elif event == "error":
+                raise RuntimeError(data["error"]["message"])
+
     def integrate_events(self, req: IntegrateRequest) -> Iterator[tuple[str, object]]:
         """Run in the background and yield its events as they happen, ending with ``final`` or ``error``."""
         experts, ranking = self._prepare(req)  # errors here are plain HTTP errors, before the stream starts
@@ -136,3 +153,11 @@ class Orchestrator:
                     return
 
         return stream()
+
+
+PANEL_SKILL = AgentSkill(
+    id="expert-panel", name="Expert panel",
+    description="Routes a task to the relevant experts (AI, law, and any configured persona), consults them, and "
+    "composes one answer that says who contributed what, with the experts' sources.",
+    tags=["panel", "multi-agent", "law", "artificial intelligence"],
+    examples=["Is training a model on scraped personal data legal under the GDPR, and how can it be anonymised?"])

@@ -183,7 +183,9 @@ def test_agent_card_has_the_a2a_shape_on_both_paths(client):
     for path in ("/.well-known/agent-card.json", "/.well-known/agent.json"):
         card = client.get(path).get_json()
         assert card["name"] == "Legal Expert" and card["capabilities"]["streaming"] is True
-        assert card["url"].startswith("http://") and card["version"]
+        assert card["supportedInterfaces"][0]["url"].endswith("/a2a") and card["version"]
+        assert card["supportedInterfaces"][0]["protocolVersion"] == "1.0"
+        assert card["url"] == card["supportedInterfaces"][0]["url"]  # 0.3 clients find the same endpoint
         assert all({"id", "name", "description", "examples"} <= set(s) for s in card["skills"])
 
 

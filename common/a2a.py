@@ -1,0 +1,175 @@
+"""A2A 1.0 (JSON-RPC binding, and the 0.3 method names for older clients) for a Conclave service, built from the
+a2a-sdk's server pieces and mounted under the Flask app at ``/a2a``.
+
+A service hands in a ``Turn``: a blocking function that answers one message, reporting progress and text as it goes,
+and honouring cancellation. The SDK does the protocol: tasks and their states, SSE streams, GetTask, CancelTask,
+ListTasks with cursors, error codes. Tasks live in SQLite (the SDK's database task store), so GetTask works after a
+restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from a2a.helpers.proto_helpers import get_message_text, new_task_from_user_message, new_text_message, new_text_part
+from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.events import EventQueue
+from a2a.server.request_handlers import DefaultRequestHandler
+from a2a.server.request_handlers.response_helpers import agent_card_to_dict
+from a2a.server.routes import create_jsonrpc_routes
+from a2a.server.tasks import DatabaseTaskStore, TaskUpdater
+from a2a.types.a2a_pb2 import (
+    AgentCapabilities,
+    AgentCard,
+    AgentExtension,
+    AgentInterface,
+    AgentSkill,
+    HTTPAuthSecurityScheme,
+    Role,
+    SecurityRequirement,
+    SecurityScheme,
+    StringList,
+    TaskState,
+)
+from sqlalchemy.ext.asyncio import create_async_engine
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.responses import JSONResponse
+
+from common.asgi import mount as asgi_mount
+from common.protocol import CONCLAVE_EXTENSION
+
+PROTOCOL_VERSION = "1.0"
+RPC_PATH = "/a2a"
+
+
+@dataclass
+class Progress:
+    """What a turn reports: ``status`` a step in words (working), ``delta`` a piece of the answer."""
+
+    kind: str
+    text: str
+
+
+class Cancelled(Exception):
+    """The turn stopped because its task was cancelled."""
+
+
+Turn = Callable[[str, str, threading.Event], Iterator[Progress]]
+"""``turn(text, context_id, cancelled)``: answer the message, yielding progress; the last ``delta``s make up the
+answer. Runs in a worker thread; ``cancelled`` is set when the task is cancelled."""
+
+
+class TurnExecutor(AgentExecutor):
+    """Runs a service's turn for each A2A message and publishes what it yields as task events."""
+
+    def __init__(self, turn: Turn):
+        self.turn = turn
+        self._cancels: dict[str, threading.Event] = {}
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        task = context.current_task
+        if task is None:
+            task = new_task_from_user_message(context.message)
+            await event_queue.enqueue_event(task)
+        updater = TaskUpdater(event_queue, task.id, task.context_id)
+        await updater.start_work()
+        cancelled = self._cancels.setdefault(task.id, threading.Event())
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def run() -> None:
+            try:
+                for item in self.turn(get_message_text(context.message), task.context_id, cancelled):
+                    loop.call_soon_threadsafe(events.put_nowait, item)
+                loop.call_soon_threadsafe(events.put_nowait, None)
+            except Exception as exc:  # the task fails with the reason; the server goes on
+                loop.call_soon_threadsafe(events.put_nowait, exc)
+
+        threading.Thread(target=run, name="a2a-turn", daemon=True).start()
+        artifact, answer = None, []
+        try:
+            while (item := await events.get()) is not None:
+                if isinstance(item, Cancelled) or cancelled.is_set():
+                    return
+                if isinstance(item, Exception):
+                    await updater.failed(new_text_message(str(item), context_id=task.context_id, task_id=task.id,
+                                                          role=Role.ROLE_AGENT))
+                    return
+                if item.kind == "status":
+                    await updater.update_status(TaskState.TASK_STATE_WORKING, new_text_message(
+                        item.text, context_id=task.context_id, task_id=task.id, role=Role.ROLE_AGENT))
+                elif item.text:
+                    answer.append(item.text)
+                    artifact = artifact or "answer"
+                    await updater.add_artifact([new_text_part(item.text)], artifact_id=f"{task.id}-answer",
+                                               name="answer", append=len(answer) > 1, last_chunk=False)
+            await updater.add_artifact([new_text_part("")], artifact_id=f"{task.id}-answer", name="answer",
+                                       append=True, last_chunk=True)
+            await updater.complete()
+        finally:
+            self._cancels.pop(task.id, None)
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        task = context.current_task
+        if task is not None:
+            self._cancels.setdefault(task.id, threading.Event()).set()
+            await TaskUpdater(event_queue, task.id, task.context_id).cancel()
+
+
+def agent_card(name: str, description: str, url: str, version: str, skills: list, api_key: bool,
+               extension: dict | None = None) -> AgentCard:
+    """The A2A 1.0 card: the JSON-RPC interface it really serves, streaming, bearer auth when a key is set."""
+    card = AgentCard(
+        name=name, description=description, version=version,
+        # one endpoint, both versions: 1.0, and 0.3's method names for older clients (they find it as ``url``)
+        supported_interfaces=[AgentInterface(url=url.rstrip("/") + RPC_PATH, protocol_binding="JSONRPC",
+                                             protocol_version=version) for version in (PROTOCOL_VERSION, "0.3")],
+        capabilities=AgentCapabilities(streaming=True, push_notifications=False, extensions=[
+            AgentExtension(uri=CONCLAVE_EXTENSION, description="Conclave's own endpoints", params=extension or {})]),
+        default_input_modes=["text/plain"], default_output_modes=["text/plain"],
+        skills=[AgentSkill(id=s.id, name=s.name, description=s.description, tags=s.tags, examples=s.examples)
+                for s in skills])
+    if api_key:
+        card.security_schemes["bearer"].CopyFrom(SecurityScheme(
+            http_auth_security_scheme=HTTPAuthSecurityScheme(scheme="bearer", description="API_KEY")))
+        card.security_requirements.append(SecurityRequirement(schemes={"bearer": StringList(list=[])}))
+    return card
+
+
+def card_json(card: AgentCard) -> dict:
+    """The card as served: A2A 1.0, with the 0.3 fields (``url``, ``preferredTransport``...) for older clients."""
+    return agent_card_to_dict(card)
+
+
+class Bearer(BaseHTTPMiddleware):
+    """API_KEY on an ASGI app: a 401 with a JSON-RPC error body unless 'Authorization: Bearer <key>' is sent."""
+
+    def __init__(self, app, expected: bytes):
+        super().__init__(app)
+        self.expected = expected
+
+    async def dispatch(self, request, call_next):
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, self.expected):
+            return JSONResponse({"jsonrpc": "2.0", "id": None, "error": {
+                "code": -32001, "message": "missing or invalid API key (send 'Authorization: Bearer <key>')"}},
+                status_code=401)
+        return await call_next(request)
+
+
+def mount(flask_app, turn: Turn, card: AgentCard, db_path: Path, api_key: str | None) -> None:
+    """Serve A2A JSON-RPC at ``/a2a`` beside the Flask routes (a2wsgi runs the SDK's ASGI app in the WSGI server)."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    store = DatabaseTaskStore(create_async_engine(f"sqlite+aiosqlite:///{db_path}"), create_table=True)
+    handler = DefaultRequestHandler(agent_executor=TurnExecutor(turn), task_store=store, agent_card=card)
+    middleware = [Middleware(Bearer, expected=f"Bearer {api_key}".encode())] if api_key else []
+    asgi = Starlette(routes=create_jsonrpc_routes(handler, rpc_url="/", enable_v0_3_compat=True),
+                     middleware=middleware)
+    asgi_mount(flask_app, RPC_PATH, asgi)
