@@ -10,10 +10,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from agents.personas import UnknownPersona, get_persona
+from agents.personas import Persona, UnknownPersona, get_persona
 from common.serve import serve
 from common.settings import AgentSettings
 from common.web import configure_logging
+
+
+def configured(overrides: dict) -> tuple[AgentSettings, Persona]:
+    """Settings (the environment, then the command line's overrides) and the persona they name; a bad persona
+    ends the program with the reason."""
+    settings = AgentSettings(**{k: v for k, v in overrides.items() if v is not None})
+    configure_logging(settings.log_level)
+    try:
+        return settings, get_persona(settings.persona, settings.personas_file)
+    except (UnknownPersona, ValueError, OSError) as exc:
+        sys.exit(f"error: {exc}")
 
 
 def ingest(argv: list[str]) -> None:
@@ -24,13 +35,7 @@ def ingest(argv: list[str]) -> None:
     parser.add_argument("--force", action="store_true", help="re-embed files even when they did not change")
     parser.add_argument("paths", nargs="+", type=Path, help="files, or folders to take every supported file from")
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in {"persona": args.persona, "personas_file": args.personas_file}.items() if v}
-    settings = AgentSettings(**overrides)
-    configure_logging(settings.log_level)
-    try:
-        persona = get_persona(settings.persona, settings.personas_file)
-    except (UnknownPersona, ValueError, OSError) as exc:
-        sys.exit(f"error: {exc}")
+    settings, persona = configured({"persona": args.persona, "personas_file": args.personas_file})
     missing = [p for p in args.paths if not p.exists()]
     if missing:
         sys.exit(f"error: no such file or folder: {', '.join(map(str, missing))}")
@@ -72,14 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", help="bind address (env HOST)")
     parser.add_argument("--personas-file", help="a catalog of your own (env PERSONAS_FILE)")
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in {"persona": args.persona, "agent_port": args.port, "host": args.host,
-                                   "personas_file": args.personas_file}.items() if v is not None}
-    settings = AgentSettings(**overrides)
-    configure_logging(settings.log_level)
-    try:
-        persona = get_persona(settings.persona, settings.personas_file)
-    except (UnknownPersona, ValueError, OSError) as exc:
-        sys.exit(f"error: {exc}")
+    settings, persona = configured({"persona": args.persona, "agent_port": args.port, "host": args.host,
+                                    "personas_file": args.personas_file})
 
     from agents.app import create_app  # after the persona check: a typo fails fast, before torch is imported
 
