@@ -170,9 +170,18 @@ class ChatMessage(OpenAIModel):
             turn["tool_call_id"] = self.tool_call_id
         return turn
 
+    @field_validator("content")
+    @classmethod
+    def _text_parts(cls, value):
+        """Content parts are OpenAI's: a text part's text is a string (an image part is let through and ignored)."""
+        for part in value if isinstance(value, list) else []:
+            if part.get("type", "text") == "text" and not isinstance(part.get("text"), str):
+                raise ValueError("a text content part needs 'text' as a string")
+        return value
+
     def text(self) -> str:
         if isinstance(self.content, list):  # content parts: keep the text ones
-            return "".join(p.get("text", "") for p in self.content if isinstance(p, dict))
+            return "".join(p["text"] for p in self.content if p.get("type", "text") == "text")
         return self.content or ""
 
 

@@ -79,6 +79,7 @@ def error_response(status: int, message: str, type_: str, code: str | int | None
 
 
 ID = re.compile(ID_PATTERN)
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 def check_id(value: str, what: str) -> str:
@@ -88,8 +89,17 @@ def check_id(value: str, what: str) -> str:
     return value
 
 
+# What a cross-site HTML form can send without a CORS preflight, and never a JSON client: refused, so a page on
+# another site cannot make a browser run /chat or /integrate. (curl -d sends form-urlencoded, as the seed's README
+# does; that body is parsed as JSON like any other.)
+FORM_TYPES = ("text/plain", "multipart/form-data")
+
+
 def parse_body(model: type[M]) -> M:
     """Validate the JSON body against ``model``; any problem is a 400 that says what is wrong."""
+    if request.mimetype in FORM_TYPES:
+        raise ApiError(415, f"send the body as JSON (Content-Type: application/json), not {request.mimetype}",
+                       code="unsupported_media_type")
     raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
     try:
         data = json.loads(raw.decode("utf-8"))
@@ -101,12 +111,31 @@ def parse_body(model: type[M]) -> M:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object")
+    if SURROGATE.search(raw.decode("utf-8")) and _has_lone_surrogate(data):
+        raise ApiError(400, "request body holds an unpaired UTF-16 surrogate (\\ud800-\\udfff), which is no text")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ApiError(400, "; ".join(_describe(e) for e in exc.errors()), code="validation_error") from None
     except RecursionError:
         raise ApiError(400, "request body is nested too deeply") from None
+
+
+SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(value: object) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
 
 
 def _describe(error: dict) -> str:
@@ -164,7 +193,9 @@ def install(app: Flask, settings: WebSettings, service: str) -> Metrics:
     @app.before_request
     def _start() -> Response | None:
         g.started = time.perf_counter()
-        g.request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex[:16]
+        given_id = request.headers.get("X-Request-ID", "")
+        # echoed in a header and written to logs: only a plain token is taken, anything else gets an id of ours
+        g.request_id = given_id if REQUEST_ID.fullmatch(given_id) else uuid.uuid4().hex[:16]
         if expected is None or request.path in OPEN_PATHS or request.path.startswith("/static/"):
             return None
         given = request.headers.get("Authorization", "").encode()

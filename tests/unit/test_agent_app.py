@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -223,3 +224,26 @@ def test_path_ids_are_validated(client):
 def test_405_names_the_allowed_methods(client):
     resp = client.put("/chat")
     assert resp.status_code == 405 and "POST" in resp.headers["Allow"]
+
+
+def test_a_cross_site_form_body_is_a_415_and_the_seeds_curl_still_works(client):
+    form = client.post("/chat", data='{"intent": "hi"}', content_type="text/plain")
+    assert form.status_code == 415 and "application/json" in form.get_json()["error"]["message"]
+    multipart = client.post("/chat", data={"intent": "hi"}, content_type="multipart/form-data")
+    assert multipart.status_code == 415
+    seed = client.post("/chat", data='{"intent": "hi"}', content_type="application/x-www-form-urlencoded")
+    assert seed.status_code == 200  # curl -d without a Content-Type, as the seed's README does
+
+
+def test_request_ids_are_echoed_only_when_plain(client):
+    assert client.get("/health", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
+    for hostile in ("a" * 65, "x y", "<script>", "id;rm"):
+        echoed = client.get("/health", headers={"X-Request-ID": hostile}).headers["X-Request-ID"]
+        assert echoed != hostile and re.fullmatch(r"[0-9a-f]{16}", echoed)
+
+
+@pytest.mark.parametrize("content", [[{"type": "text", "text": 5}], "\ud800 broken", [{"text": "\udfff"}]])
+def test_malformed_text_in_v1_is_a_400_not_a_500(client, content):
+    body = json.dumps({"messages": [{"role": "user", "content": content}]})  # json.dumps escapes the surrogate
+    resp = client.post("/v1/chat/completions", data=body, content_type="application/json")
+    assert resp.status_code == 400, resp.get_json()
