@@ -87,10 +87,11 @@ class Orchestrator:
         experts, ranking = self._prepare(req)
         return self._run(req, experts, ranking, None)
 
-    def _run(self, req: IntegrateRequest, experts, ranking, emit: Emit | None) -> IntegrateResponse:
+    def _run(self, req: IntegrateRequest, experts, ranking, emit: Emit | None,
+             cancelled: threading.Event | None = None) -> IntegrateResponse:
         run_id = uuid.uuid4().hex
         started, created = time.perf_counter(), time.time()
-        trace = RunTrace(emit=emit or (lambda event, data: None))
+        trace = RunTrace(emit=emit or (lambda event, data: None), cancelled=cancelled or threading.Event())
         record = RunRecord(response="", run_id=run_id, strategy=req.strategy, experts=[], steps=[], elapsed_ms=0,
                            task=req.task, created_at=created, status="running")
         self.runs.save(record)
@@ -98,6 +99,7 @@ class Orchestrator:
                              "ranking": [{"expert": r.name, "score": round(r.score, 4)} for r in ranking]})
         try:
             fallback = STRATEGIES[req.strategy](self, req, experts, ranking, trace)
+            trace.check_cancelled()
             composition = Composer(self.engine, self.router.embed).compose(req.task, trace.steps,
                                                                             self.settings.run_timeout_s)
             sources = cite(composition, trace.steps)
@@ -119,8 +121,9 @@ class Orchestrator:
     # ---- A2A ------------------------------------------------------------------------------------------------------
     def a2a_turn(self, text: str, context_id: str, cancelled: threading.Event) -> Iterator[Progress]:
         """One A2A message as a run of the panel: each consultation a status update, the composed answer the
-        artifact. A cancelled task stops reporting at once; experts already asked finish their answers."""
-        for event, data in self.integrate_events(IntegrateRequest(task=text)):
+        artifact. A cancelled task stops the run: no further expert is asked and nothing is composed (an expert
+        already answering finishes its answer)."""
+        for event, data in self.integrate_events(IntegrateRequest(task=text), cancelled):
             if cancelled.is_set():
                 return
             if event == "action":
@@ -132,14 +135,16 @@ class Orchestrator:
             elif event == "error":
                 raise RuntimeError(data["error"]["message"])
 
-    def integrate_events(self, req: IntegrateRequest) -> Iterator[tuple[str, object]]:
+    def integrate_events(self, req: IntegrateRequest,
+                         cancelled: threading.Event | None = None) -> Iterator[tuple[str, object]]:
         """Run in the background and yield its events as they happen, ending with ``final`` or ``error``."""
         experts, ranking = self._prepare(req)  # errors here are plain HTTP errors, before the stream starts
         events: queue.Queue = queue.Queue()
 
         def work() -> None:
             try:
-                events.put(("final", self._run(req, experts, ranking, lambda e, d: events.put((e, d))).model_dump()))
+                events.put(("final", self._run(req, experts, ranking, lambda e, d: events.put((e, d)),
+                                               cancelled).model_dump()))
             except Exception as exc:
                 events.put(("error", {"error": {"message": str(exc), "type": "server_error", "code": None}}))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,15 +13,25 @@ from common.protocol import Step
 Emit = Callable[[str, dict], None]
 
 
+class RunCancelled(Exception):
+    """The run was cancelled (its A2A task): no further expert is asked."""
+
+
 @dataclass
 class RunTrace:
     emit: Emit = lambda event, data: None
     steps: list[Step] = field(default_factory=list)
     consulted: list[str] = field(default_factory=list)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def check_cancelled(self) -> None:
+        if self.cancelled.is_set():
+            raise RunCancelled("the run was cancelled")
 
     def consult(self, expert, question: str, thought: str = "", chosen_by: str | None = None,
                 ranking: list[dict] | None = None, max_new_tokens: int = 256, reason: str = "") -> Step:
         """Ask one expert, record the step (failures included, as readable observations) and stream it."""
+        self.check_cancelled()
         self.emit("action", {"thought": thought, "expert": expert.name, "input": question, "reason": reason})
         started = time.perf_counter()
         try:

@@ -112,6 +112,7 @@ def test_cancel_stops_the_generation_and_a_task_outlives_a_restart(tmp_path):
 
         task_id, cancelled = run(start_and_cancel())
         assert cancelled.status.state == TaskState.TASK_STATE_CANCELED
+        assert generation_stops(service, headers)  # a 512-token essay would decode for many seconds more
         done = run(send(service.url, "What is overfitting?", False, headers=headers))[-1].task
     finally:
         service.stop()
@@ -124,6 +125,20 @@ def test_cancel_stops_the_generation_and_a_task_outlives_a_restart(tmp_path):
         assert reply["result"]["artifacts"][0]["parts"][0]["text"]
     finally:
         again.stop()
+
+
+def generation_stops(service, headers, within_s: float = 5.0) -> bool:
+    import re
+    import time
+
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        metrics = requests.get(f"{service.url}/metrics", headers=headers, timeout=10).text
+        running = re.search(r'conclave_requests_running\{service="ai_expert"\} ([0-9.]+)', metrics)
+        if running and float(running.group(1)) == 0:
+            return True
+        time.sleep(0.25)
+    return False
 
 
 @pytest.mark.parametrize("method", ["GetTask", "CancelTask"])
@@ -157,3 +172,24 @@ def test_the_orchestrator_consults_experts_over_a2a(tmp_path, law_expert):
         orch.stop()
     assert body["experts"] == ["law_expert"] and body["steps"][0]["ok"], body["steps"]
     assert "72 hours" in body["steps"][0]["observation"] and body["response"]
+
+
+@pytest.mark.parametrize(("payload", "code"), [
+    ("{not json", -32700),  # parse error
+    ({"jsonrpc": "2.0", "id": 1, "method": "NoSuchMethod", "params": {}}, -32601),
+    ({"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"message": "not a message"}}, -32602),
+    ({"jsonrpc": "2.0", "id": 1, "method": "GetTask", "params": {"id": 5, "historyLength": "x"}}, -32602),
+    ({"id": 1, "method": "GetTask"}, -32600),  # not JSON-RPC 2.0
+])
+def test_bad_json_rpc_gets_the_specs_codes_never_a_5xx(law_expert, payload, code):
+    data = payload if isinstance(payload, str) else json.dumps(payload)
+    resp = requests.post(f"{law_expert.url}/a2a", data=data, timeout=30,
+                         headers={"Content-Type": "application/json", "A2A-Version": "1.0"})
+    assert resp.status_code < 500 and resp.json()["error"]["code"] == code, resp.text
+
+
+def test_cancelling_a_finished_task_is_not_cancelable(law_expert):
+    task = run(send(law_expert.url, "What is a tort?", False))[-1].task
+    reply = requests.post(f"{law_expert.url}/a2a", headers={"A2A-Version": "1.0"}, json={
+        "jsonrpc": "2.0", "id": 4, "method": "CancelTask", "params": {"id": task.id}}, timeout=30).json()
+    assert reply["error"]["code"] == -32002  # TaskNotCancelableError

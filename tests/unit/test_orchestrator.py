@@ -310,3 +310,19 @@ def test_odd_path_ids_and_limits_are_400s_and_max_steps_stays_within_the_operato
     assert client.get("/runs/abc%0A").status_code == 400
     body = client.post("/integrate", json={"task": LAW_TASK, "max_steps": 20}).get_json()
     assert body["fallback"] and len(body["steps"]) == 1  # the operator's MAX_STEPS=1 held
+
+
+def test_a_cancelled_run_asks_no_further_expert_and_composes_nothing(tmp_path, live_expert):
+    import threading
+
+    from common.protocol import IntegrateRequest
+
+    law = live_expert("law_expert", "Article 28 requires a processing contract.")
+    client, _ = make_client(tmp_path, [law.url], [step("The lawyer knows this.", "law_expert", LAW_TASK)])
+    service = client.application.extensions["orchestrator"]
+    cancelled = threading.Event()
+    cancelled.set()
+    events = list(service.integrate_events(IntegrateRequest(task=LAW_TASK), cancelled))
+    assert events[-1][0] == "error" and "cancelled" in events[-1][1]["error"]["message"]
+    assert not law.engine.requests
+    assert service.runs.list(1)[0].status == "failed"
