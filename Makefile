@@ -41,8 +41,8 @@ soak: install-dev ## long load and fuzz runs
 e2e-browser: install-dev ## headless chromium against real services
 	$(PY) -m pytest -m browser -o addopts="" tests/e2e $(PYTEST_ARGS)
 
-e2e-servers: install-dev ## builds llama-server once (cached in ~/.cache/conclave) and runs the panel against it
-	$(PY) -m pytest -m servers -o addopts="" -s tests/e2e/test_servers.py $(PYTEST_ARGS)
+e2e-servers: install-dev ## real peer servers: llama-server (built once, cached in ~/.cache/conclave), Postgres+pgvector
+	$(PY) -m pytest -m servers -o addopts="" -s tests $(PYTEST_ARGS)
 
 compose-config: install-dev
 	$(PY) -m pytest tests/unit/test_compose.py $(PYTEST_ARGS)

@@ -43,12 +43,12 @@ def ingest(argv: list[str]) -> None:
     from tqdm import tqdm
 
     from agents.documents import SUFFIXES
-    from agents.knowledge import Knowledge, KnowledgeStore
+    from agents.knowledge import Knowledge, open_store
     from common.embedding import Embedder
 
     files = sorted({f for p in args.paths for f in ([p] if p.is_file() else p.rglob("*"))
                     if f.is_file() and (p.is_file() or f.suffix.lower() in SUFFIXES)})
-    knowledge = Knowledge(KnowledgeStore(settings.data_dir / f"knowledge-{persona.id}.sqlite3"), Embedder)
+    knowledge = Knowledge(open_store(settings.knowledge_store, settings.data_dir, persona.id), Embedder)
     failed = []
     with tqdm(files, unit="file", desc=f"ingesting into {persona.id}") as bar:
         for path in bar:

@@ -7,7 +7,7 @@ from pathlib import Path
 from flask import Flask, request, send_from_directory
 
 from agents.documents import MAX_DOCUMENT_BYTES, UnreadableDocument
-from agents.knowledge import Knowledge, KnowledgeStore
+from agents.knowledge import Knowledge, open_store
 from agents.personas import get_persona
 from agents.service import VERSION, ExpertService
 from agents.sessions import SessionStore
@@ -62,7 +62,7 @@ def create_app(settings: AgentSettings | None = None, engine=None, embedder=None
     app = Flask(__name__, static_folder=None)
     metrics = install(app, settings, persona.id)
     sessions = SessionStore(settings.data_dir / f"sessions-{persona.id}.sqlite3")
-    knowledge = Knowledge(KnowledgeStore(settings.data_dir / f"knowledge-{persona.id}.sqlite3"),
+    knowledge = Knowledge(open_store(settings.knowledge_store, settings.data_dir, persona.id),
                           embedder or Embedder, settings.knowledge_top_k, settings.knowledge_min_score)
     knowledge.start(persona.knowledge_files(), persona.catalog_dir)
     service = ExpertService(settings, persona, engine, sessions, metrics, knowledge)

@@ -1,9 +1,11 @@
-"""An expert's knowledge base: documents split into chunks, embedded with MiniLM, stored and searched in SQLite with
-sqlite-vec, and the answers that cite them.
+"""An expert's knowledge base: documents split into chunks, embedded with MiniLM, stored and searched, and the
+answers that cite them.
 
-Why SQLite with sqlite-vec: one file per expert beside its sessions, no server, and safe across processes (the CLI
-ingests while the expert serves; SQLite's locking keeps both consistent). A KNN search over 10,000 chunks takes a few
-milliseconds. Every write is one transaction, so a document is stored whole or not at all.
+Two stores with one interface and the same SQL shape: SQLite with sqlite-vec by default (one file per expert beside
+its sessions, no server, safe across processes: the CLI ingests while the expert serves), and Postgres with pgvector
+(``KNOWLEDGE_STORE=postgresql://...``) for users who outgrow one machine or share one knowledge base between
+replicas. A KNN search over 10,000 chunks takes a few milliseconds in SQLite. Every write is one transaction, so a
+document is stored whole or not at all.
 """
 
 from __future__ import annotations
@@ -153,6 +155,102 @@ class KnowledgeStore:
                 for doc, title, ord_, lead, body, distance in rows]
 
 
+PG_SCHEMA = """
+CREATE EXTENSION IF NOT EXISTS vector;
+CREATE TABLE IF NOT EXISTS {documents} (
+    id TEXT PRIMARY KEY, source TEXT UNIQUE NOT NULL, title TEXT NOT NULL, sha256 TEXT NOT NULL,
+    chunks INTEGER NOT NULL, bytes INTEGER NOT NULL, added_at DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS {chunks} (
+    id BIGSERIAL PRIMARY KEY, document_id TEXT NOT NULL REFERENCES {documents}(id) ON DELETE CASCADE,
+    ord INTEGER NOT NULL, lead TEXT NOT NULL, body TEXT NOT NULL, embedding vector({dimensions}) NOT NULL);
+CREATE INDEX IF NOT EXISTS {chunks_by_document} ON {chunks}(document_id);
+CREATE INDEX IF NOT EXISTS {chunks_by_vector} ON {chunks} USING hnsw (embedding vector_cosine_ops);
+"""
+
+
+class PgKnowledgeStore:
+    """The same store in Postgres with pgvector: tables ``knowledge_<persona>_documents`` and ``..._chunks``."""
+
+    def __init__(self, url: str, persona: str):
+        from psycopg import sql
+
+        self.url, self._sql = url, sql
+        names = {k: sql.Identifier(f"knowledge_{persona}_{k}")
+                 for k in ("documents", "chunks", "chunks_by_document", "chunks_by_vector")}
+        self._names = names
+        self._local = threading.local()
+        with self._db() as db:
+            db.execute(sql.SQL(PG_SCHEMA).format(**names, dimensions=sql.Literal(DIMENSIONS)))
+
+    def _db(self):
+        db = getattr(self._local, "db", None)
+        if db is None or db.closed:
+            import psycopg
+            from pgvector.psycopg import register_vector
+
+            db = psycopg.connect(self.url)
+            db.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            db.commit()
+            register_vector(db)
+            self._local.db = db
+        return db
+
+    def _q(self, text: str):
+        return self._sql.SQL(text).format(**self._names)
+
+    def put(self, source: str, title: str, sha256: str, size: int, parts: list[Chunk], vectors: np.ndarray) -> str:
+        doc = document_id(source)
+        with self._db() as db:
+            db.execute(self._q("DELETE FROM {documents} WHERE id = %s"), (doc,))
+            db.execute(self._q("INSERT INTO {documents} VALUES (%s, %s, %s, %s, %s, %s, %s)"),
+                       (doc, source, title, sha256, len(parts), size, time.time()))
+            with db.cursor() as cursor:
+                cursor.executemany(
+                    self._q("INSERT INTO {chunks} (document_id, ord, lead, body, embedding) "
+                            "VALUES (%s, %s, %s, %s, %s)"),
+                    [(doc, i, part.lead, part.body, np.asarray(vector, dtype=np.float32))
+                     for i, (part, vector) in enumerate(zip(parts, vectors, strict=True))])
+        return doc
+
+    def delete(self, doc: str) -> bool:
+        with self._db() as db:
+            return db.execute(self._q("DELETE FROM {documents} WHERE id = %s"), (doc,)).rowcount > 0
+
+    def documents(self) -> list[StoredDocument]:
+        with self._db() as db:
+            return [StoredDocument(*row) for row in db.execute(self._q("SELECT * FROM {documents} ORDER BY source"))]
+
+    def get(self, doc: str) -> StoredDocument | None:
+        with self._db() as db:
+            row = db.execute(self._q("SELECT * FROM {documents} WHERE id = %s"), (doc,)).fetchone()
+        return StoredDocument(*row) if row else None
+
+    def sha256_of(self, source: str) -> str | None:
+        with self._db() as db:
+            row = db.execute(self._q("SELECT sha256 FROM {documents} WHERE source = %s"), (source,)).fetchone()
+        return row[0] if row else None
+
+    def count(self) -> int:
+        with self._db() as db:
+            return db.execute(self._q("SELECT COUNT(*) FROM {chunks}")).fetchone()[0]
+
+    def search(self, vector: np.ndarray, k: int) -> list[Passage]:
+        with self._db() as db:
+            rows = db.execute(self._q(
+                """SELECT c.document_id, d.title, c.ord, c.lead, c.body, c.embedding <=> %s AS distance
+                   FROM {chunks} c JOIN {documents} d ON d.id = c.document_id ORDER BY distance LIMIT %s"""),
+                (np.asarray(vector, dtype=np.float32), k)).fetchall()
+        return [Passage(doc, title, ord_, lead, body, round(1.0 - distance, 4))
+                for doc, title, ord_, lead, body, distance in rows]
+
+
+def open_store(url: str | None, data_dir: Path, persona: str) -> KnowledgeStore | PgKnowledgeStore:
+    """The store the settings name: Postgres for a ``postgresql://`` URL, else SQLite in the data directory."""
+    if url and url.startswith(("postgresql://", "postgres://")):
+        return PgKnowledgeStore(url, persona)
+    return KnowledgeStore(data_dir / f"knowledge-{persona}.sqlite3")
+
+
 @dataclass(frozen=True)
 class Ingested:
     id: str
@@ -179,7 +277,7 @@ class Knowledge:
     """Ingestion, retrieval and citation for one expert. ``embed`` maps texts to L2-normalised vectors; it is made
     by ``embedder`` on first use, so an expert without knowledge never loads it."""
 
-    def __init__(self, store: KnowledgeStore, embedder: Callable[[], Callable[[list[str]], object]],
+    def __init__(self, store: KnowledgeStore | PgKnowledgeStore, embedder: Callable[[], Callable[[list[str]], object]],
                  top_k: int = TOP_K, min_score: float = MIN_SCORE):
         self.store, self._embedder, self.top_k, self.min_score = store, embedder, top_k, min_score
         self._embed: Callable[[list[str]], object] | None = None

@@ -84,6 +84,10 @@ class AgentSettings(WebSettings, EngineSettings):
     agent_port: int | None = Field(None, ge=1, le=65535, description="Default: the persona's own port.")
     default_max_new_tokens: int = Field(512, ge=1, validation_alias="DEFAULT_MAX_NEW_TOKENS")
     max_history_length: int = Field(10, ge=2, le=20, validation_alias="MAX_HISTORY_LENGTH")
+    knowledge_store: str | None = Field(
+        None, validation_alias="KNOWLEDGE_STORE",
+        description="A postgresql:// URL to keep the knowledge base in Postgres with pgvector; unset: SQLite with "
+        "sqlite-vec in DATA_DIR.")
     knowledge_top_k: int = Field(3, ge=1, le=20, validation_alias="KNOWLEDGE_TOP_K",
                                  description="Passages retrieved for each question.")
     knowledge_min_score: float = Field(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 
 import pytest
 
 from agents.documents import CHUNK_CHARS, UnreadableDocument, chunks, read
-from agents.knowledge import Knowledge, KnowledgeStore
+from agents.knowledge import Knowledge, KnowledgeStore, PgKnowledgeStore
 from agents.personas import get_persona
 from common.protocol import Attribution, CompositionChecks, Source, Step
 from common.settings import AgentSettings
@@ -25,8 +26,23 @@ A processor must notify the controller without undue delay.
 """
 
 
-def knowledge(tmp_path, **kw) -> Knowledge:
-    return Knowledge(KnowledgeStore(tmp_path / "k.sqlite3"), WordsEmbedder, **kw)
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    """A real Postgres with pgvector (the pgserver wheel bundles both), for the server path of the store."""
+    pgserver = pytest.importorskip("pgserver", reason="pgserver is not installed (requirements-dev.txt)")
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield server.get_uri()
+    server.cleanup()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.servers)])
+def knowledge(request, tmp_path):
+    """A knowledge base on each store: the same tests hold for SQLite and Postgres."""
+    if request.param == "postgres":
+        store = PgKnowledgeStore(request.getfixturevalue("postgres"), f"t{uuid.uuid4().hex[:8]}")
+    else:
+        store = KnowledgeStore(tmp_path / "k.sqlite3")
+    return lambda **kw: Knowledge(store, WordsEmbedder, **kw)
 
 
 # ---- reading and chunking ---------------------------------------------------------------------------------------
@@ -75,8 +91,8 @@ def test_unreadable_files_are_named_and_refused(name, data, match):
 
 
 # ---- the store --------------------------------------------------------------------------------------------------
-def test_add_search_replace_and_delete(tmp_path):
-    k = knowledge(tmp_path, min_score=0.1)
+def test_add_search_replace_and_delete(knowledge, tmp_path):
+    k = knowledge(min_score=0.1)
     first = k.ingest("breach.md", BREACH)
     assert first.chunks == 2 and not first.replaced
     assert k.ingest("breach.md", BREACH).unchanged  # same bytes: nothing to do
@@ -89,26 +105,26 @@ def test_add_search_replace_and_delete(tmp_path):
     assert not k.store.delete(first.id)
 
 
-def test_a_bad_file_stores_nothing(tmp_path):
-    k = knowledge(tmp_path)
+def test_a_bad_file_stores_nothing(knowledge, tmp_path):
+    k = knowledge()
     k.ingest("breach.md", BREACH)
     with pytest.raises(UnreadableDocument):
         k.ingest("breach.md", b"")  # a broken new version leaves the stored one whole
     assert k.store.count() == 2 and [d.source for d in k.store.documents()] == ["breach.md"]
 
 
-def test_unrelated_questions_retrieve_nothing(tmp_path):
-    k = knowledge(tmp_path)
+def test_unrelated_questions_retrieve_nothing(knowledge, tmp_path):
+    k = knowledge()
     k.ingest("breach.md", BREACH)
     assert k.retrieve("banana bread recipe with walnuts") == []
 
 
-def test_catalog_sync_ingests_changed_files_only_and_forgets_removed_ones(tmp_path):
+def test_catalog_sync_ingests_changed_files_only_and_forgets_removed_ones(knowledge, tmp_path):
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "a.md").write_bytes(BREACH)
     (notes / "b.md").write_text("# Fines\n\nUp to 20 million euros.")
-    k = knowledge(tmp_path)
+    k = knowledge()
     results = k.sync(sorted(notes.iterdir()), tmp_path)
     assert [r.source for _, r in results] == ["catalog:notes/a.md", "catalog:notes/b.md"]
     assert all(r.unchanged for _, r in k.sync(sorted(notes.iterdir()), tmp_path))
@@ -126,8 +142,8 @@ def test_the_default_personas_ship_sixty_notes_or_more_each_naming_its_reference
 
 
 # ---- grounding and citing ---------------------------------------------------------------------------------------
-def test_an_answer_leads_with_the_passages_best_sentence_and_cites_what_supports_it(tmp_path):
-    k = knowledge(tmp_path, min_score=0.1)
+def test_an_answer_leads_with_the_passages_best_sentence_and_cites_what_supports_it(knowledge, tmp_path):
+    k = knowledge(min_score=0.1)
     k.ingest("breach.md", BREACH)
     question = "Within how many hours must the controller notify the supervisory authority of a breach?"
     passages = k.retrieve(question)
@@ -138,8 +154,8 @@ def test_an_answer_leads_with_the_passages_best_sentence_and_cites_what_supports
     assert "Breaches are serious." in grounded.text  # unsupported but not contradicted: kept, uncited
 
 
-def test_a_sentence_with_figures_its_source_lacks_is_dropped(tmp_path):
-    k = knowledge(tmp_path, min_score=0.1)
+def test_a_sentence_with_figures_its_source_lacks_is_dropped(knowledge, tmp_path):
+    k = knowledge(min_score=0.1)
     k.ingest("breach.md", BREACH)
     question = "When must the controller notify the supervisory authority of a breach?"
     grounded = k.ground(question, "The controller must notify the supervisory authority within 24 hours of a breach.",
@@ -215,3 +231,13 @@ def test_an_oversize_document_is_a_413(client):
     resp = client.post("/knowledge", data=json.dumps({"name": "big.md", "content": "x " * 3_000_000}),
                        content_type="application/json")
     assert resp.status_code == 413
+
+
+@pytest.mark.servers
+def test_an_expert_on_postgres_ingests_its_notes_and_cites_them(tmp_path, postgres):
+    settings = AgentSettings(persona="law_expert", data_dir=tmp_path, knowledge_store=postgres,
+                             knowledge_min_score=0.1)
+    client = expert_app(settings, FakeEngine("A processor must notify the controller.")).test_client()
+    assert len(client.get("/knowledge").get_json()["documents"]) >= 30
+    body = client.post("/chat", json={"intent": "How fast must a personal data breach be notified?"}).get_json()
+    assert any(s["cited"] and "Article 33" in s["title"] for s in body["sources"]) and "[1]" in body["response"]
