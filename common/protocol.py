@@ -7,6 +7,7 @@ Requests validate with ``Model.model_validate(body)``; a request turns itself in
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Literal
@@ -17,6 +18,10 @@ from common.engine.tools import tool_constraint
 from common.engine.types import Constraint, GenerationRequest
 
 MAX_STOP_STRINGS = 8
+MAX_STOP_CHARS = 64
+MAX_PATTERN_CHARS = 16_384  # a grammar or a regex
+MAX_SCHEMA_CHARS = 32_768  # a JSON schema, serialised
+MAX_CHOICES = 256
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"  # session and run ids, in bodies and in paths
 
 
@@ -57,8 +62,9 @@ class SamplingFields(BaseModel):
     @classmethod
     def _stop_list(cls, value: list[str] | str | None) -> list[str]:
         stops = [value] if isinstance(value, str) else list(value or [])
-        if len(stops) > MAX_STOP_STRINGS or any(not s for s in stops):
-            raise ValueError(f"stop takes at most {MAX_STOP_STRINGS} non-empty strings")
+        if len(stops) > MAX_STOP_STRINGS or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"stop takes at most {MAX_STOP_STRINGS} non-empty strings of up to {MAX_STOP_CHARS} "
+                             "characters")
         return stops
 
 
@@ -193,6 +199,18 @@ class StructuredOutputs(OpenAIModel):
     choice: list[str] | None = None
     json_schema: dict[str, Any] | str | bool | None = Field(None, alias="json")
 
+    @model_validator(mode="after")
+    def _bounded(self) -> StructuredOutputs:
+        """Constraints compile on the request thread: their size is capped so one request cannot stall the server."""
+        for name, text in (("grammar", self.grammar), ("regex", self.regex)):
+            if text is not None and len(text) > MAX_PATTERN_CHARS:
+                raise ValueError(f"structured_outputs.{name} is over {MAX_PATTERN_CHARS} characters")
+        if self.choice is not None and (len(self.choice) > MAX_CHOICES or any(len(c) > 1024 for c in self.choice)):
+            raise ValueError(f"structured_outputs.choice takes up to {MAX_CHOICES} choices of up to 1024 characters")
+        if self.json_schema is not None and len(json.dumps(self.json_schema)) > MAX_SCHEMA_CHARS:
+            raise ValueError(f"structured_outputs.json is over {MAX_SCHEMA_CHARS} characters")
+        return self
+
     def to_constraint(self) -> Constraint | None:
         given = [(k, v) for k, v in (("grammar", self.grammar), ("regex", self.regex), ("choice", self.choice),
                                       ("json", self.json_schema)) if v is not None]
@@ -204,6 +222,12 @@ class StructuredOutputs(OpenAIModel):
 class ResponseFormat(OpenAIModel):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> ResponseFormat:
+        if self.json_schema is not None and len(json.dumps(self.json_schema)) > MAX_SCHEMA_CHARS:
+            raise ValueError(f"response_format.json_schema is over {MAX_SCHEMA_CHARS} characters")
+        return self
 
     def to_constraint(self) -> Constraint | None:
         if self.type == "json_object":
@@ -268,6 +292,8 @@ class ChatCompletionRequest(OpenAIModel, SamplingFields):
             raise ValueError(f"tool_choice names {self.tool_choice.function.name!r}, which is not among the tools")
         if output and self.calls_tools:
             raise ValueError("tools cannot be combined with structured_outputs or response_format")
+        if self.tools and len(json.dumps([t.model_dump() for t in self.tools])) > 2 * MAX_SCHEMA_CHARS:
+            raise ValueError(f"tools are over {2 * MAX_SCHEMA_CHARS} characters of JSON in all")
         return self
 
     @property

@@ -22,6 +22,21 @@ CREATE INDEX IF NOT EXISTS runs_by_time ON runs (created_at);
 class RunStore(SqliteStore):
     SCHEMA = SCHEMA
 
+    def __init__(self, path):
+        super().__init__(path)
+        self._fail_interrupted()
+
+    def _fail_interrupted(self) -> None:
+        """A run still 'running' when the service starts was cut off by a crash or a restart: it will never end, so
+        it is marked failed, with the reason, instead of running for ever in /runs."""
+        with closing(self._connect()) as db, db:
+            rows = db.execute("SELECT record FROM runs WHERE status = 'running'").fetchall()
+            for (raw,) in rows:
+                record = RunRecord.model_validate(json.loads(raw)).model_copy(update={
+                    "status": "failed", "error": "interrupted: the orchestrator stopped before the run ended"})
+                db.execute("UPDATE runs SET status = ?, record = ? WHERE run_id = ?",
+                           (record.status, record.model_dump_json(), record.run_id))
+
     def save(self, record: RunRecord) -> None:
         with closing(self._connect()) as db, db:
             db.execute(

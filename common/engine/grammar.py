@@ -17,12 +17,16 @@ def choice_to_ebnf(choices: list[str]) -> str:
     return "root ::= " + " | ".join(json.dumps(c) for c in choices)
 
 
+COMPILED_CACHE_BYTES = 64 * 1024 * 1024
+
+
 class GrammarCompiler:
     """Compiles constraints against one tokenizer; xgrammar caches compiled grammars, so repeats are free."""
 
     def __init__(self, tokenizer, vocab_size: int):
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
-        self._compiler = xgr.GrammarCompiler(info, max_threads=1)
+        # xgrammar keeps compiled grammars for reuse; the cap keeps a stream of distinct ones from growing it for ever
+        self._compiler = xgr.GrammarCompiler(info, max_threads=1, cache_limit_bytes=COMPILED_CACHE_BYTES)
         self.vocab_size = vocab_size
 
     def compile(self, constraint: Constraint) -> xgr.CompiledGrammar:

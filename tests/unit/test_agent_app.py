@@ -247,3 +247,17 @@ def test_malformed_text_in_v1_is_a_400_not_a_500(client, content):
     body = json.dumps({"messages": [{"role": "user", "content": content}]})  # json.dumps escapes the surrogate
     resp = client.post("/v1/chat/completions", data=body, content_type="application/json")
     assert resp.status_code == 400, resp.get_json()
+
+
+@pytest.mark.parametrize("extra", [
+    {"stop": ["x" * 65]},
+    {"structured_outputs": {"grammar": "root ::= " + " | ".join(f'"{i}"' for i in range(3000))}},
+    {"structured_outputs": {"regex": "a" * 20_000}},
+    {"structured_outputs": {"choice": [str(i) for i in range(300)]}},
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(2000)}}}}},
+])
+def test_oversize_constraints_and_stops_are_400s_before_compiling(client, extra):
+    resp = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], **extra})
+    message = resp.get_json()["error"]["message"]
+    assert resp.status_code == 400 and ("characters" in message or "choices" in message), message

@@ -326,3 +326,17 @@ def test_a_cancelled_run_asks_no_further_expert_and_composes_nothing(tmp_path, l
     assert events[-1][0] == "error" and "cancelled" in events[-1][1]["error"]["message"]
     assert not law.engine.requests
     assert service.runs.list(1)[0].status == "failed"
+
+
+def test_runs_left_running_by_a_crash_are_failed_at_start_up(tmp_path):
+    import time
+
+    from common.protocol import RunRecord
+    from orchestrator.runs import RunStore
+
+    store = RunStore(tmp_path / "runs.sqlite3")
+    store.save(RunRecord(response="", run_id="r1", strategy="react", experts=[], steps=[], elapsed_ms=0, task="t",
+                         created_at=time.time(), status="running"))
+    again = RunStore(tmp_path / "runs.sqlite3")  # the orchestrator starting again
+    record = again.get("r1")
+    assert record.status == "failed" and "interrupted" in record.error
