@@ -55,7 +55,7 @@ def tool_constraint(tools: list[dict], tool_choice: str | dict, parallel: bool) 
                if t.get("type") == "function" and "function" in t else t for t in tools]
     try:
         tag = xgr.get_model_structural_tag(FORMAT, tools=bounded, tool_choice=tool_choice, reasoning=False,
-                                           parallel_tool_calls=parallel)
+                                           parallel_tool_calls=parallel, max_whitespace_cnt=MAX_WHITESPACE)
     except ValueError as exc:  # a named tool that is not listed, a malformed tool
         raise InvalidConstraint(f"tools: {exc}") from exc
     spec = json.loads(tag.model_dump_json())
@@ -69,6 +69,7 @@ def tool_constraint(tools: list[dict], tool_choice: str | dict, parallel: bool) 
 
 
 MAX_STRING = 256  # characters of a string argument whose schema sets no maxLength
+MAX_WHITESPACE = 8  # spaces or newlines in a row inside a call's JSON: indentation, not a run of blanks to the budget
 MAX_ITEMS = 16  # items of an array argument whose schema sets no maxItems
 
 
