@@ -15,7 +15,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -340,15 +340,6 @@ class Knowledge:
         parts = chunks(document)
         doc = self.store.put(name, document.title, sha, len(data), parts, self.vectors([p.text for p in parts]))
         return Ingested(doc, name, document.title, len(parts), replaced=known is not None)
-
-    def ingest_paths(self, paths: Iterable[Path], on_each: Callable[[Path, Ingested | Exception], None]) -> None:
-        """Each file in turn; a file that fails is reported through ``on_each`` and the others go on."""
-        for path in paths:
-            try:
-                result: Ingested | Exception = self.ingest(str(path), path.read_bytes())
-            except (UnreadableDocument, OSError) as exc:
-                result = exc
-            on_each(path, result)
 
     # ---- retrieval and citation -----------------------------------------------------------------------------------
     def retrieve(self, question: str) -> list[Passage]:

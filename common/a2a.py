@@ -57,10 +57,6 @@ class Progress:
     text: str
 
 
-class Cancelled(Exception):
-    """The turn stopped because its task was cancelled."""
-
-
 Turn = Callable[[str, str, threading.Event], Iterator[Progress]]
 """``turn(text, context_id, cancelled)``: answer the message, yielding progress; the last ``delta``s make up the
 answer. Runs in a worker thread; ``cancelled`` is set when the task is cancelled."""
@@ -93,10 +89,10 @@ class TurnExecutor(AgentExecutor):
                 loop.call_soon_threadsafe(events.put_nowait, exc)
 
         threading.Thread(target=run, name="a2a-turn", daemon=True).start()
-        artifact, answer = None, []
+        pieces = 0
         try:
             while (item := await events.get()) is not None:
-                if isinstance(item, Cancelled) or cancelled.is_set():
+                if cancelled.is_set():  # cancel() has already published the cancelled state
                     return
                 if isinstance(item, Exception):
                     await updater.failed(new_text_message(str(item), context_id=task.context_id, task_id=task.id,
@@ -106,10 +102,9 @@ class TurnExecutor(AgentExecutor):
                     await updater.update_status(TaskState.TASK_STATE_WORKING, new_text_message(
                         item.text, context_id=task.context_id, task_id=task.id, role=Role.ROLE_AGENT))
                 elif item.text:
-                    answer.append(item.text)
-                    artifact = artifact or "answer"
+                    pieces += 1
                     await updater.add_artifact([new_text_part(item.text)], artifact_id=f"{task.id}-answer",
-                                               name="answer", append=len(answer) > 1, last_chunk=False)
+                                               name="answer", append=pieces > 1, last_chunk=False)
             await updater.add_artifact([new_text_part("")], artifact_id=f"{task.id}-answer", name="answer",
                                        append=True, last_chunk=True)
             await updater.complete()
