@@ -31,17 +31,11 @@ def satisfies(constraint: Constraint, text: str) -> bool:
             value = json.loads(text)
         except ValueError:
             return False
-        schema = _schema(constraint.value)
+        schema = constraint.json_schema()
         return schema is None or jsonschema.Draft202012Validator(schema).is_valid(value)
     matcher = xgr.GrammarMatcher(_compiled(constraint.kind, _as_text(constraint.value)),
                                  terminate_without_stop_token=True)
     return matcher.accept_string(text) and matcher.is_terminated()
-
-
-def _schema(value: object) -> dict | None:
-    if value in (None, True, {}, "object"):
-        return None
-    return json.loads(value) if isinstance(value, str) else value  # type: ignore[return-value]
 
 
 def _as_text(value: object) -> str:
@@ -123,8 +117,8 @@ def _grammar(constraint: Constraint) -> xgr.Grammar:
             return xgr.Grammar.from_regex(_as_text(constraint.value))
         if constraint.kind == "grammar":
             return xgr.Grammar.from_ebnf(_as_text(constraint.value))
-        if constraint.kind == "json" and _schema(constraint.value) is not None:
-            return xgr.Grammar.from_json_schema(_as_text(constraint.value), any_whitespace=False)
+        if constraint.kind == "json" and constraint.json_schema() is not None:
+            return xgr.Grammar.from_json_schema(json.dumps(constraint.json_schema()), any_whitespace=False)
     except InvalidConstraint:
         raise
     except Exception as exc:  # xgrammar's parse errors say what is wrong

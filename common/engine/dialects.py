@@ -57,11 +57,9 @@ def _choice_schema(choices: list[str]) -> dict:
             "required": [CHOICE_KEY], "additionalProperties": False}
 
 
-def _response_format(schema: object, name: str = "answer", strict: bool = False) -> dict:
-    if schema in (None, True, {}, "object"):
+def _response_format(schema: dict | None, name: str = "answer", strict: bool = False) -> dict:
+    if schema is None:
         return {"response_format": {"type": "json_object"}}
-    if isinstance(schema, str):
-        schema = json.loads(schema)
     return {"response_format": {"type": "json_schema", "json_schema": {"name": name, "schema": schema,
                                                                         "strict": strict}}}
 
@@ -111,7 +109,7 @@ class VLLM(Dialect):
 class LlamaCpp(Dialect):
     def _wire(self, constraint: Constraint) -> Wire:
         if constraint.kind == "json":
-            return Wire(_response_format(constraint.value))
+            return Wire(_response_format(constraint.json_schema()))
         if constraint.kind == "structural_tag":
             grammar = tool_calls_gbnf(json.loads(str(constraint.value)))
             return Wire({"grammar": grammar} if grammar else {})
@@ -124,10 +122,7 @@ class LlamaCpp(Dialect):
 class TGI(Dialect):
     def _wire(self, constraint: Constraint) -> Wire:
         if constraint.kind == "json":
-            schema = constraint.value
-            if schema in (None, True, {}, "object"):
-                schema = {"type": "object"}
-            return Wire({"response_format": {"type": "json", "value": schema}})
+            return Wire({"response_format": {"type": "json", "value": constraint.json_schema() or {"type": "object"}}})
         if constraint.kind == "choice":
             return Wire({"response_format": {"type": "regex",
                                              "value": "|".join(re.escape(c) for c in constraint.value)}})
@@ -143,7 +138,7 @@ class JsonOnly(Dialect):
     def _wire(self, constraint: Constraint) -> Wire:
         if constraint.kind == "choice":
             return Wire(_response_format(_choice_schema(constraint.value), "choice", strict=True), _unwrap_choice)
-        return Wire(_response_format(constraint.value))
+        return Wire(_response_format(constraint.json_schema()))
 
 
 DIALECTS: dict[str, Dialect] = {

@@ -40,12 +40,10 @@ class GrammarCompiler:
             if constraint.kind == "structural_tag":
                 return self._compiler.compile_structural_tag(str(constraint.value))
             if constraint.kind == "json":
-                schema = constraint.value
-                if schema in (None, True, {}, "object"):
+                schema = constraint.json_schema()
+                if schema is None:
                     return self._compiler.compile_builtin_json_grammar()
-                if not isinstance(schema, str):
-                    schema = json.dumps(schema)
-                return self._compiler.compile_json_schema(schema)
+                return self._compiler.compile_json_schema(json.dumps(schema))
         except InvalidConstraint:
             raise
         except Exception as exc:  # xgrammar raises RuntimeError/ValueError subclasses with a useful message

@@ -6,6 +6,7 @@ Every engine (local batched, remote OpenAI-compatible) takes a :class:`Generatio
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -78,6 +79,12 @@ class Constraint:
 
     kind: ConstraintKind
     value: object
+
+    def json_schema(self) -> dict | None:
+        """A ``json`` constraint's schema as a dict (it may come as JSON text), or None when any JSON will do."""
+        if self.value in (None, True, {}, "object"):
+            return None
+        return json.loads(self.value) if isinstance(self.value, str) else self.value  # type: ignore[return-value]
 
 
 @dataclass
