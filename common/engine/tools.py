@@ -70,24 +70,71 @@ def tool_constraint(tools: list[dict], tool_choice: str | dict, parallel: bool) 
 
 MAX_STRING = 256  # characters of a string argument whose schema sets no maxLength
 MAX_WHITESPACE = 8  # spaces or newlines in a row inside a call's JSON: indentation, not a run of blanks to the budget
-MAX_ITEMS = 16  # items of an array argument whose schema sets no maxItems
+MAX_ITEMS = 16  # items of an array (or members of a free-form object) whose schema sets no bound
+MAX_NAME = 64  # characters of a member name in a free-form object
+MAX_MAGNITUDE = 10**15  # a number without minimum/maximum stays within +-1e15 (and so a bounded run of digits)
+
+_SCALAR: dict = {"anyOf": [{"type": "string", "maxLength": MAX_STRING},
+                           {"type": "number", "minimum": -MAX_MAGNITUDE, "maximum": MAX_MAGNITUDE},
+                           {"type": "boolean"}, {"type": "null"}]}
+_FREE_OBJECT: dict = {"type": "object", "additionalProperties": _SCALAR, "maxProperties": MAX_ITEMS,
+                      "propertyNames": {"maxLength": MAX_NAME}}
+# Any JSON value, nested one level deep: what an argument whose schema says nothing is decoded as.
+_FREE: dict = {"anyOf": [*_SCALAR["anyOf"], {"type": "array", "items": _SCALAR, "maxItems": MAX_ITEMS}, _FREE_OBJECT]}
+
+_SUBSCHEMA = ("items", "additionalProperties", "not", "contains", "propertyNames", "if", "then", "else")
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems", "items")
+_SAYS_WHAT = ("type", "anyOf", "oneOf", "allOf", "enum", "const", "$ref", "properties", "items", "not")
 
 
 def _bounded(schema: object) -> object:
-    """The schema with a bound on every unbounded string and array, for decoding only (calls are checked against
-    the caller's own schema): a small model that starts repeating inside an argument ("I", "V", "I", "V", ...) would
-    otherwise run out of tokens mid-call, and half a call is no call."""
-    if isinstance(schema, list):
-        return [_bounded(s) for s in schema]
+    """The schema with every unbounded string, array, number and free-form value bounded, for decoding only (calls
+    are checked against the caller's own schema): a small model that starts repeating inside an argument ("I", "V",
+    "I", "V", ..., an endless run of digits, objects nested in objects) would otherwise run out of tokens mid-call,
+    and half a call is no call."""
     if not isinstance(schema, dict):
         return schema
-    out = {k: _bounded(v) for k, v in schema.items()}
+    if not any(k in schema for k in _SAYS_WHAT):
+        return {**schema, **_FREE}
+    out = dict(schema)
+    for key in _SUBSCHEMA:
+        if isinstance(out.get(key), dict):
+            out[key] = _bounded(out[key])
+    for key in _SCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: _bounded(sub) for name, sub in out[key].items()}
+    for key in _SCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [_bounded(sub) for sub in out[key]]
+    if "enum" in out or "const" in out:
+        return out
     kinds = out.get("type") if isinstance(out.get("type"), list) else [out.get("type")]
-    if "string" in kinds and "maxLength" not in out and "enum" not in out and "const" not in out:
+    if "string" in kinds and "maxLength" not in out:
         out["maxLength"] = MAX_STRING
-    if "array" in kinds and "maxItems" not in out:
-        out["maxItems"] = MAX_ITEMS
+    if "array" in kinds:
+        out.setdefault("maxItems", MAX_ITEMS)
+        if "prefixItems" not in out:
+            out.setdefault("items", _FREE)
+    if "object" in kinds and not any(k in out for k in ("properties", "additionalProperties", "patternProperties")):
+        out.update({k: v for k, v in _FREE_OBJECT.items() if k not in out})
+        out["additionalProperties"] = _FREE
+    if "number" in kinds or "integer" in kinds:
+        low, high = _bound(out, "minimum"), _bound(out, "maximum")
+        if low is None:
+            out["minimum"] = min(-MAX_MAGNITUDE, high if high is not None else 0)
+        if high is None:
+            out["maximum"] = max(MAX_MAGNITUDE, low if low is not None else 0)
     return out
+
+
+def _bound(schema: dict, side: str) -> float | None:
+    """A number's lower or upper bound, inclusive or exclusive (draft 4's boolean ``exclusiveMinimum`` is no bound)."""
+    for key in (side, "exclusive" + side.capitalize()):
+        value = schema.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+    return None
 
 
 def template_knows_tools(chat_template: str | None) -> bool:

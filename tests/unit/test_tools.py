@@ -91,3 +91,27 @@ def test_a_template_without_tools_gets_them_in_the_system_message_and_the_histor
     assert out[3] == {"role": "user", "content": "<tool_response>\nsunny\n</tool_response>"}
     assert all(isinstance(m["content"], str) for m in out)
     assert tools.template_knows_tools("{% if tools %}...{% endif %}") and not tools.template_knows_tools(None)
+
+
+def test_decoding_bounds_every_free_run_but_keeps_what_the_caller_bounded():
+    bounded = tools._bounded({"type": "object", "properties": {
+        "n": {"type": "number"}, "k": {"type": "integer", "minimum": 1}, "x": {"type": "number", "maximum": 5},
+        "opts": {"type": "object"}, "raw": {"description": "anything"}, "tags": {"type": "array"},
+        "mode": {"type": "string", "enum": ["a", "b"]}, "note": {"type": "string", "maxLength": 10}}})
+    props = bounded["properties"]
+    assert props["n"]["minimum"] == -tools.MAX_MAGNITUDE and props["n"]["maximum"] == tools.MAX_MAGNITUDE
+    assert props["k"]["minimum"] == 1 and props["k"]["maximum"] == tools.MAX_MAGNITUDE
+    assert props["x"] == {"type": "number", "maximum": 5, "minimum": -tools.MAX_MAGNITUDE}
+    assert props["opts"]["maxProperties"] == tools.MAX_ITEMS and "anyOf" in props["opts"]["additionalProperties"]
+    assert "anyOf" in props["raw"] and props["tags"]["maxItems"] == tools.MAX_ITEMS
+    assert props["mode"] == {"type": "string", "enum": ["a", "b"]} and props["note"]["maxLength"] == 10
+    assert "properties" not in props["opts"]  # a property map is a map of schemas, not a schema
+
+
+def test_numbers_and_free_form_arguments_end_within_the_bounds():
+    spec = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+        "n": {"type": "number"}, "opts": {"type": "object"}}, "required": ["n"]}}}
+    c = tools.tool_constraint([spec], "required", parallel=False)
+    assert satisfies(c, call("f", {"n": 3.25, "opts": {"a": [1, "b"], "c": None}}))
+    assert not satisfies(c, call("f", {"n": 10**16}))  # beyond the decoding bound
+    assert not satisfies(c, call("f", {"n": 1, "opts": {"a": {"b": {"c": 1}}}}))  # nested past one level
