@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     from agents.app import create_app  # after the persona check: a typo fails fast, before torch is imported
 
     port = settings.agent_port or persona.port
-    serve(lambda: create_app(settings), settings.host, port, log_level=settings.log_level)
+    serve(lambda: create_app(settings), settings, port)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import asyncio
 import threading
 
 from a2wsgi import ASGIMiddleware
+from werkzeug.exceptions import SecurityError
+from werkzeug.wsgi import get_host
 
 
 def _start_lifespan(app, loop: asyncio.AbstractEventLoop, timeout: float = 30) -> None:
@@ -49,6 +51,10 @@ def mount(flask_app, path: str, asgi_app, lifespan: bool = False) -> None:
     def dispatch(environ, start_response):
         here = environ.get("PATH_INFO", "")
         if here == path or here.startswith(path + "/"):
+            try:  # the Flask app's own Host check, which the mounted app would not see
+                get_host(environ, flask_app.config.get("TRUSTED_HOSTS"))
+            except SecurityError as exc:
+                return exc(environ, start_response)
             environ = {**environ, "SCRIPT_NAME": environ.get("SCRIPT_NAME", "") + path,
                        "PATH_INFO": here[len(path):] or "/"}
             return wsgi(environ, start_response)

@@ -5,9 +5,12 @@ One worker process owns the model; many threads serve HTTP so requests can wait 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from gunicorn.app.base import BaseApplication
+
+from common.settings import WebSettings
 
 
 class _Server(BaseApplication):
@@ -24,9 +27,11 @@ class _Server(BaseApplication):
         return self._factory()  # in the worker, after fork: the model's threads live there
 
 
-def serve(factory: Callable, host: str, port: int, threads: int = 64, log_level: str = "info") -> None:
+def serve(factory: Callable, settings: WebSettings, port: int, threads: int = 64) -> None:
+    if problem := settings.exposure_problem():
+        sys.exit(problem)
     _Server(factory, {
-        "bind": f"{host}:{port}",
+        "bind": f"{settings.host}:{port}",
         "workers": 1,
         "worker_class": "gthread",
         "threads": threads,
@@ -34,7 +39,7 @@ def serve(factory: Callable, host: str, port: int, threads: int = 64, log_level:
         "timeout": 120,
         "graceful_timeout": 10,
         "keepalive": 5,
-        "loglevel": log_level.lower(),
+        "loglevel": settings.log_level.lower(),
         "accesslog": "-",
         "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(M)sms',
     }).run()

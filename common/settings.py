@@ -6,8 +6,10 @@ factory, and everything downstream receives the validated object.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -64,11 +66,47 @@ class WebSettings(BaseSettings):
     log_level: str = "INFO"
     public_url: str | None = Field(None, description="The service's URL as others reach it, written in its A2A "
                                    "agent card; default: the URL the card was asked at.")
+    allowed_hosts: str | None = Field(
+        None, description="Comma-separated names the service answers to in the Host header (a web page that rebinds "
+        "its own name to this machine gets 400); '.example.com' takes its subdomains too. Default: the loopback "
+        "names when bound to a loopback address, any name otherwise (API_KEY guards a service on a network).")
+    allow_no_api_key: bool = Field(
+        False, description="Listen on a non-loopback address without API_KEY: only on a network you trust.")
 
     @field_validator("api_key")
     @classmethod
     def _empty_key_is_none(cls, value: str | None) -> str | None:
         return value or None
+
+    def trusted_hosts(self) -> list[str] | None:
+        """Host header names to accept, or None for any."""
+        if self.allowed_hosts:
+            names = [h.strip() for h in self.allowed_hosts.split(",") if h.strip()]
+        elif _is_loopback(self.host):
+            names = ["localhost", ".localhost", "127.0.0.1"]
+        else:
+            return None
+        if self.public_url and (public := urlsplit(self.public_url).hostname):
+            names.append(public)
+        return names
+
+    def exposure_problem(self) -> str | None:
+        """Why the service must not start as configured: open to a network with no key."""
+        if _is_loopback(self.host) or self.api_key or self.allow_no_api_key:
+            return None
+        return (f"refusing to listen on {self.host} without an API key: anyone who can reach it could generate, read "
+                "runs and delete sessions. Set API_KEY (e.g. API_KEY=$(python -c 'import secrets; "
+                "print(secrets.token_urlsafe(24))')), bind HOST=127.0.0.1, or on a network you trust set "
+                "ALLOW_NO_API_KEY=1.")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class AgentSettings(WebSettings, EngineSettings):

@@ -186,6 +186,7 @@ class Metrics:
 def install(app: Flask, settings: WebSettings, service: str) -> Metrics:
     """Register error handlers, auth, the body limit, request ids and metrics on ``app``."""
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["TRUSTED_HOSTS"] = settings.trusted_hosts()  # Flask answers 400 to any other Host header
     metrics = Metrics(service)
     app.extensions["metrics"] = metrics
     expected = f"Bearer {settings.api_key}".encode() if settings.api_key else None

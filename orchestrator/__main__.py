@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(settings.log_level)
     from orchestrator.app import create_app
 
-    serve(lambda: create_app(settings), settings.host, settings.orchestrator_port, log_level=settings.log_level)
+    serve(lambda: create_app(settings), settings, settings.orchestrator_port)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ def test_services_ports_healthchecks_and_dependencies():
     cfg = config("compose.yaml")
     services = cfg["services"]
     assert set(services) == {"ai-expert", "law-expert", "orchestrator"}
-    ports = {name: [(p["published"], p["target"]) for p in s["ports"]] for name, s in services.items()}
-    assert ports == {"ai-expert": [("5000", 5000)], "law-expert": [("5001", 5001)], "orchestrator": [("5002", 5002)]}
+    ports = {name: [(p["host_ip"], p["published"], p["target"]) for p in s["ports"]] for name, s in services.items()}
+    assert ports == {"ai-expert": [("127.0.0.1", "5000", 5000)], "law-expert": [("127.0.0.1", "5001", 5001)],
+                     "orchestrator": [("127.0.0.1", "5002", 5002)]}  # published on loopback only
     for s in services.values():
         assert s["image"] == "conclave:latest" and s["build"]["context"] == str(ROOT)
         assert s["healthcheck"]["test"] == ["CMD", "python", "-m", "common.healthcheck"]
@@ -40,6 +41,7 @@ def test_services_ports_healthchecks_and_dependencies():
     }
     assert "conclave-data" in cfg["volumes"] and "version" not in cfg
     env = services["orchestrator"]["environment"]
+    assert "ai-expert" in env["ALLOWED_HOSTS"].split(",")  # the orchestrator calls the experts by service name
     assert env["EXPERT_URLS"] == "http://ai-expert:5000,http://law-expert:5001" and env["MODEL"] == "embedded"
 
 

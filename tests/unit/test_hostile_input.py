@@ -107,3 +107,36 @@ def test_openapi_documents_every_route_with_the_error_shape(expert):
     assert chat["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/ChatRequest")
     assert chat["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
     assert {"ChatRequest", "ChatResponse", "ErrorResponse", "AgentCard"} <= set(doc["components"]["schemas"])
+
+
+def test_a_host_name_the_service_does_not_answer_to_is_a_400_on_every_route(expert):
+    client, _ = expert
+    assert client.get("/health", headers={"Host": "localhost:5001"}).status_code == 200
+    assert client.get("/health", headers={"Host": "127.0.0.1:5001"}).status_code == 200
+    for path in ("/health", "/v1/models", "/a2a/", "/.well-known/agent-card.json"):
+        resp = client.get(path, headers={"Host": "attacker.example:5001"})  # a page that rebound its name to us
+        assert resp.status_code == 400, path
+
+
+def test_configured_hosts_and_the_public_url_are_answered(tmp_path):
+    s = AgentSettings(persona="law_expert", data_dir=tmp_path, allowed_hosts="law-expert, .corp.example",
+                      public_url="https://panel.example.org/law")
+    client = expert_app(s, FakeEngine()).test_client()
+    for host in ("law-expert:5001", "a.corp.example", "panel.example.org"):
+        assert client.get("/health", headers={"Host": host}).status_code == 200, host
+    assert client.get("/health", headers={"Host": "localhost"}).status_code == 400
+    assert AgentSettings(host="0.0.0.0", api_key="k").trusted_hosts() is None  # on a network the key guards it
+
+
+@pytest.mark.parametrize("module", ["agents", "orchestrator"])
+def test_a_service_open_to_the_network_without_a_key_refuses_to_start(module, tmp_path):
+    import subprocess
+    import sys
+
+    env = {"PATH": "/usr/bin:/bin", "DATA_DIR": str(tmp_path), "API_KEY": ""}
+    run = subprocess.run([sys.executable, "-m", module, "--host", "0.0.0.0", "--port", "1"], capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert run.returncode != 0 and "refusing to listen on 0.0.0.0 without an API key" in run.stderr
+    assert "API_KEY=" in run.stderr and "ALLOW_NO_API_KEY=1" in run.stderr and "Traceback" not in run.stderr
+    assert AgentSettings(host="0.0.0.0", allow_no_api_key=True).exposure_problem() is None
+    assert AgentSettings(host="::1").exposure_problem() is None
