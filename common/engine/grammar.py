@@ -28,6 +28,10 @@ class GrammarCompiler:
         # xgrammar keeps compiled grammars for reuse; the cap keeps a stream of distinct ones from growing it for ever
         self._compiler = xgr.GrammarCompiler(info, max_threads=1, cache_limit_bytes=COMPILED_CACHE_BYTES)
         self.vocab_size = vocab_size
+        # Tokens that only close something (a string, an object, an array): what a structure near its token budget
+        # is steered to, so it ends whole instead of cut off (see close_soon).
+        self.closers = torch.tensor([i for i, piece in enumerate(info.decoded_vocab[:vocab_size])
+                                     if piece.strip() and not piece.strip().strip(b'"}]')], dtype=torch.long)
 
     def compile(self, constraint: Constraint) -> xgr.CompiledGrammar:
         try:
@@ -64,3 +68,13 @@ def mask_logits(logits: torch.Tensor, matchers: list[xgr.GrammarMatcher | None],
     applied = [i for i in rows if matchers[i].fill_next_token_bitmask(bitmask, i)]
     if applied:
         xgr.apply_token_bitmask_inplace(logits, bitmask, vocab_size=vocab_size, indices=applied)
+
+
+CLOSING_BONUS = 1e4  # far above any logit: an admitted closing token always wins, a refused one stays at -inf
+
+
+def close_soon(logits: torch.Tensor, closers: torch.Tensor) -> None:
+    """Favour, in place, the row's closing tokens (and its end-of-sequence tokens, passed in with them): wherever
+    its grammar admits one, the structure ends as soon as it may; where none is admitted (a required key, a digit),
+    the model goes on choosing."""
+    logits[closers] += CLOSING_BONUS

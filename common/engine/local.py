@@ -28,7 +28,7 @@ import torch
 from common.text import MAX_PERIOD, loop_start, sentence_cut
 
 from .decoding import Decoder, make_decoder
-from .grammar import GrammarCompiler, mask_logits
+from .grammar import GrammarCompiler, close_soon, mask_logits
 from .loading import load_model
 from .tools import for_template, template_knows_tools, with_tools_prompt
 from .types import (
@@ -51,6 +51,15 @@ log = logging.getLogger(__name__)
 LOOP_HOLDBACK = MAX_PERIOD + 16
 # With end_at_sentence, text after the last sentence end waits once this few tokens of the budget are left.
 SENTENCE_ZONE = 64
+
+# A constrained row with this share of its token budget left (at most CLOSING_ZONE tokens) is steered to close
+# whatever it has open: a JSON object or tool call cut by max_new_tokens is no object and no call.
+CLOSING_ZONE = 32
+
+
+def closing_zone(max_new_tokens: int) -> int:
+    return min(CLOSING_ZONE, max_new_tokens // 4)
+
 
 # Below this a temperature only sharpens the distribution into greedy decoding, and dividing by it overflows.
 MIN_TEMPERATURE = 1e-4
@@ -174,6 +183,7 @@ class LocalEngine:
         eos |= {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>")
                 if t in tokenizer.get_vocab()}
         self.eos_ids = sorted(i for i in eos if i is not None)
+        self.closing_ids = torch.cat([self.grammars.closers, torch.tensor(self.eos_ids, dtype=torch.long)])
         self.max_positions = getattr(model.config, "max_position_embeddings", 8192)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         # The decoder keeps what it needs; a lean one holds its own packed weights, so the model itself is let go
@@ -311,6 +321,8 @@ class LocalEngine:
                 logits[i, self.eos_ids] = float("-inf")
             if req.repetition_penalty != 1.0 and r.token_ids:
                 _penalize(logits[i], r.token_ids, req.repetition_penalty)
+            if r.matcher is not None and req.max_new_tokens - len(r.token_ids) <= closing_zone(req.max_new_tokens):
+                close_soon(logits[i], self.closing_ids)
         greedy = logits.argmax(dim=-1).tolist()
         for i, r in enumerate(rows):
             if r.finish_reason is not None or r.error is not None:

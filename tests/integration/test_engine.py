@@ -9,6 +9,7 @@ alone. Every behavioural test runs in both dtypes, on any CPU: one without nativ
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -166,6 +167,18 @@ def test_stop_strings_and_grammars_hold_per_row_in_one_batch(engine):
     assert choice.text in ("yes", "no")
     assert re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", date.text)
     assert free.completion_tokens == 30 and free.finish_reason == "length"
+
+
+def test_a_structure_near_its_token_budget_is_closed_whole(engine):
+    schema = {"type": "object", "properties": {"title": {"type": "string"}, "story": {"type": "string"},
+                                               "tags": {"type": "array", "items": {"type": "string"}}},
+              "required": ["title", "story", "tags"]}
+    long = ask("Write a very long story about a dragon, as JSON with a title, the story and tags.", n=48,
+               constraint=Constraint("json", schema))
+    result = engine.submit(long).result()
+    answer = json.loads(result.text)  # whole, though the story alone would need hundreds of tokens
+    assert set(answer) == {"title", "story", "tags"} and result.finish_reason == "stop"
+    assert result.completion_tokens <= 48
 
 
 def test_the_loop_guard_stops_a_looping_row_and_spares_the_others_in_its_batch(engine):
