@@ -1,8 +1,9 @@
 """``make bench``: Conclave's figures, each measured side by side with its baseline in one run.
 
 Sections: expert throughput (batched engine vs the seed's generate()-per-request server at concurrency 1/4/16,
-waves interleaved), single-request overhead (HTTP + scheduling vs a bare decode of the same tokens, alternated), memory
-(expert RSS idle and under load), dtype quality, what reproducible greedy answers (float32) cost against bfloat16,
+waves interleaved), decode speed and time to first token against llama.cpp's server (bench/speed.py),
+single-request overhead (HTTP + scheduling vs a bare decode of the same tokens, alternated), memory (expert RSS idle
+and under load), dtype quality, what reproducible greedy answers (float32) cost against bfloat16,
 /integrate panel wall time vs its experts' times, routing accuracy on a labelled set, the quality of /integrate's
 answers on a dev set (bench/quality.py), tool calling on BFCL against llama.cpp's server (bench/tool_calls.py), and the
 experts' knowledge bases: fact recall with and without retrieval, citations, the store at 10,000 chunks
@@ -13,10 +14,8 @@ Prints a table and writes JSON under bench/results/.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,41 +25,13 @@ import torch
 import yaml
 
 from agents.personas import get_persona
-from bench import knowledge, quality, tool_calls
+from bench import knowledge, quality, speed, tool_calls
+from bench.load import ALONE, CORES, NEW_TOKENS, PROMPTS, PeakRss
 from common.engine.decoding import make_decoder
 from common.engine.loading import cpu_has_native_bf16, load_model, pick_dtype
 from tests.services import MODEL_CACHE, Service, expert, free_port, orchestrator_service
 
 HERE = Path(__file__).parent
-NEW_TOKENS = 64
-PROMPTS = [
-    "What is a neural network?", "How does encryption protect data?", "What is overfitting?",
-    "Explain gradient descent.", "What is a database index?", "How do compilers work?",
-    "What is differential privacy?", "Why do models hallucinate?",
-]
-
-
-class PeakRss:
-    """Samples a service's RSS every 50 ms in the background; ``peak`` is the highest seen, in MB."""
-
-    def __init__(self, service: Service):
-        self.service, self.peak, self._stop = service, 0.0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.service.rss_mb())
-            time.sleep(0.05)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def load_wave(url: str, concurrency: int) -> dict:
     """``concurrency`` requests at once, each forced to NEW_TOKENS tokens; tokens/s over the wave's wall time."""
 
@@ -81,10 +52,6 @@ def load_wave(url: str, concurrency: int) -> dict:
             "tokens_per_s": round(tokens / wall, 1), "p50_s": round(statistics.median(latencies), 2),
             "p95_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 2)}
 
-
-# An expert measured against a single-process baseline has the host to itself, as the baseline has: every core.
-CORES = len(os.sched_getaffinity(0))
-ALONE = {"THREADS": str(CORES)}
 
 # This VM's speed drifts by a third from minute to minute, so whatever is compared is measured interleaved: a
 # batched wave, then a naive wave, repeated, keeping each server's best. The concurrency-16 waves are long enough to
@@ -246,7 +213,7 @@ def panel(work: Path) -> dict:
 def routing() -> dict:
     """Routing accuracy on bench/routing_tasks.yaml: the semantic-ranking policy, and the LLM choosing alone."""
     from agents.personas import load_catalog
-    from common.embedding import Embedder
+    from common.embedding import router_embedder
     from common.engine.local import LocalEngine
     from common.engine.types import Constraint, GenerationRequest
     from common.protocol import AgentCard
@@ -258,13 +225,14 @@ def routing() -> dict:
     tasks = yaml.safe_load((HERE / "routing_tasks.yaml").read_text())
     experts = [Expert(p.id, "", AgentCard(name=p.name, description=p.description, url="", version="1",
                                           skills=p.skills), None) for p in load_catalog().values()]
-    router = Router(Embedder())
+    settings = OrchestratorSettings()
+    router = Router(router_embedder(settings.router_embedder))
     engine = LocalEngine(cache_dir=MODEL_CACHE).start()
     engine.wait_ready()
     rows = []
     for item in tasks:
         ranking = router.rank(item["task"], experts)
-        policy = plan_routing(ranking, "ranking", OrchestratorSettings().routing_ratio, item["task"])
+        policy = plan_routing(ranking, "ranking", settings.routing_ratio, item["task"])
         tools = [r.name for r in ranking]
         prompt = PROMPT.format(ranking=", ".join(f"{r.name} {r.score:.2f}" for r in ranking),
                                tools="\n".join(f"{e.name}: {e.description}" for e in experts),
@@ -296,6 +264,7 @@ def report(results: dict) -> None:
     for b, n in zip(t["batched"], t["naive"], strict=True):
         print(f"{b['concurrency']:>4} | {b['tokens_per_s']:>13} {b['p50_s']:>6} {b['p95_s']:>6} | "
               f"{n['tokens_per_s']:>11} {n['p50_s']:>6} {n['p95_s']:>6} | {b['tokens_per_s'] / n['tokens_per_s']:.2f}x")
+    speed.report(results["llama_server"])
     one = results["single_request"]
     p = results["in_process"]
     print(f"\n== Single request, {NEW_TOKENS} tokens ({one['dtype']}, {one['decoder']}), HTTP + engine and a bare "
@@ -342,6 +311,7 @@ def main() -> None:
         work = Path(tmp)
         results = {
             "throughput": throughput_and_memory(work),
+            "llama_server": speed.speed(work),
             "single_request": single_request(work, messages),
             "in_process": in_process(messages),
             "dtypes": dtypes_under_load(),

@@ -14,8 +14,6 @@ and BFCL's AST accuracy. ``python -m bench.tool_calls [N]`` runs N cases per cat
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import types
@@ -26,8 +24,8 @@ from pathlib import Path
 import jsonschema
 import requests
 
-from common.engine.loading import embedded_gguf_path
-from tests.services import ROOT, Service, expert
+from bench.peers import llama_server
+from tests.services import Service, expert
 
 CATEGORIES = ("simple_python", "multiple")
 DEFAULT_CASES = 60
@@ -99,22 +97,6 @@ def valid(calls: list[dict], tools: list[dict]) -> bool:
     return True
 
 
-def llama_server(work: Path) -> Service | str:
-    """llama-server on the embedded GGUF, or the reason it cannot run here."""
-    built = subprocess.run(["bash", str(ROOT / "tests" / "e2e" / "llama_server.sh")], capture_output=True, text=True,
-                           env={**os.environ, "PYTHON": sys.executable})
-    if built.returncode != 0:
-        return f"llama-server not available: {(built.stderr.strip().splitlines() or ['build failed'])[-1]}"
-    service = Service("llama-server", [], work / "llama")
-    service.data_dir.mkdir(parents=True, exist_ok=True)
-    service.proc = subprocess.Popen(
-        [built.stdout.strip().splitlines()[-1], "-m", str(embedded_gguf_path()), "-np", "4", "-t", "2", "--jinja",
-         "--host", "127.0.0.1", "--port", str(service.port)], stdout=open(service.log_path, "ab"),
-        stderr=subprocess.STDOUT, start_new_session=True)
-    service.wait("health", 120)
-    return service
-
-
 def tool_calls(work: Path, limit: int = DEFAULT_CASES) -> dict:
     to_tools, check = _bfcl()
     targets: dict[str, str] = {}
@@ -122,7 +104,7 @@ def tool_calls(work: Path, limit: int = DEFAULT_CASES) -> dict:
     try:
         started.append(expert("ai_expert", work / "bfcl-expert", env={"THREADS": "1"}).start())
         targets["expert"] = started[-1].url
-        server = llama_server(work)
+        server = llama_server(work, 4, "--jinja")
         skipped = server if isinstance(server, str) else None
         if not skipped:
             started.append(server)

@@ -1,4 +1,4 @@
-"""Typed HTTP client for one expert: real timeouts, retries with backoff on connection errors, one domain error.
+"""Typed HTTP client for one expert: real timeouts, retries of what is safe to retry, one domain error.
 
 Our own experts are asked over ``/chat`` (which carries their sources); any other agent, or every expert when
 ``EXPERT_TRANSPORT=a2a``, is asked over A2A with the a2a-sdk client.
@@ -11,6 +11,8 @@ import time
 
 import httpx
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from common.protocol import AgentCard, ChatResponse
 
@@ -30,28 +32,26 @@ class ExpertClient:
         self.base_url = base_url.rstrip("/")
         self.name = self.base_url  # replaced by the expert's tool name once its card is read
         self.timeout = (connect_timeout_s, read_timeout_s)
-        self.retries = retries
-        self.backoff_s = backoff_s
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = session or requests.Session()
+        # urllib3 retries a connection that failed before the request went out, and a 429 or 503 (the expert's
+        # queue was full, or it was not ready: it did nothing), after the Retry-After the expert sent. A request
+        # that reached the expert and then lost its connection is not sent again: /chat could run twice.
+        self._http.mount(self.base_url, HTTPAdapter(max_retries=Retry(
+            total=retries, connect=retries, read=False, other=False, status=retries, status_forcelist=(429, 503),
+            allowed_methods=None, backoff_factor=backoff_s, respect_retry_after_header=True, raise_on_status=False)))
         self.a2a = False  # set once the card is read: ask this agent over A2A
 
     def _request(self, method: str, path: str, timeout=None, **kwargs) -> requests.Response:
-        """Retry only what is safe to retry: the connection failing before the expert saw the request."""
         url = f"{self.base_url}{path}"
-        for attempt in range(self.retries + 1):
-            try:
-                return self._http.request(method, url, headers=self._headers, timeout=timeout or self.timeout,
-                                          **kwargs)
-            except requests.ConnectionError as exc:
-                if attempt == self.retries:
-                    raise ExpertError(self.name, f"cannot connect to {url} ({_short(exc)})") from None
-                time.sleep(self.backoff_s * 2**attempt)
-            except requests.Timeout:
-                raise ExpertError(self.name, f"no answer from {url} within {self.timeout[1]:g}s") from None
-            except requests.RequestException as exc:
-                raise ExpertError(self.name, _short(exc)) from None
-        raise AssertionError("unreachable")
+        try:
+            return self._http.request(method, url, headers=self._headers, timeout=timeout or self.timeout, **kwargs)
+        except requests.ConnectionError as exc:
+            raise ExpertError(self.name, f"cannot connect to {url} ({_short(exc)})") from None
+        except requests.Timeout:
+            raise ExpertError(self.name, f"no answer from {url} within {self.timeout[1]:g}s") from None
+        except requests.RequestException as exc:
+            raise ExpertError(self.name, _short(exc)) from None
 
     def card(self) -> AgentCard:
         resp = self._request("GET", "/.well-known/agent-card.json", timeout=(self.timeout[0], 10))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -340,3 +341,48 @@ def test_runs_left_running_by_a_crash_are_failed_at_start_up(tmp_path):
     again = RunStore(tmp_path / "runs.sqlite3")  # the orchestrator starting again
     record = again.get("r1")
     assert record.status == "failed" and "interrupted" in record.error
+
+
+def _counting_server(replies):
+    """A raw HTTP server on a free port that answers each request with the next of ``replies`` (bytes, or None to
+    drop the connection once the request is read); returns (url, requests seen)."""
+    import socket
+    import threading
+
+    seen = []
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def serve():
+        for reply in replies:
+            conn, _ = listener.accept()
+            seen.append(conn.recv(65536))
+            if reply is not None:
+                conn.sendall(reply)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", seen
+
+
+def _http(status: str, body: bytes, *headers: str) -> bytes:
+    head = "".join(f"{h}\r\n" for h in headers)
+    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: close\r\n{head}\r\n").encode() + body
+
+
+def test_the_client_retries_a_busy_expert_after_its_retry_after_and_never_resends_a_request_it_received():
+    from common.client import ExpertClient, ExpertError
+
+    answer = json.dumps({"response": "ok", "persona": "p", "model": "m", "session_id": "s", "elapsed_ms": 1,
+                         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                         "finish_reason": "stop"}).encode()
+    url, seen = _counting_server([_http("429 Too Many Requests", b"{}", "Retry-After: 1"), _http("200 OK", answer)])
+    started = time.monotonic()
+    assert ExpertClient(url, retries=2, backoff_s=0).chat("q").response == "ok"
+    assert len(seen) == 2 and time.monotonic() - started >= 1  # waited as the expert asked
+    url, seen = _counting_server([None, _http("200 OK", answer)])  # read, then the connection dropped
+    with pytest.raises(ExpertError):
+        ExpertClient(url, retries=2, backoff_s=0).chat("q")
+    assert len(seen) == 1  # /chat may have run: not sent again
