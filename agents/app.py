@@ -61,7 +61,7 @@ def create_app(settings: AgentSettings | None = None, engine=None, embedder=None
         engine = make_engine(settings).start()
     app = Flask(__name__, static_folder=None)
     metrics = install(app, settings, persona.id)
-    sessions = SessionStore(settings.data_dir / f"sessions-{persona.id}.sqlite3")
+    sessions = SessionStore(settings.data_dir / f"sessions-{persona.id}.sqlite3", settings.retain_days)
     knowledge = Knowledge(open_store(settings.knowledge_store, settings.data_dir, persona.id),
                           embedder or Embedder, settings.knowledge_top_k, settings.knowledge_min_score)
     knowledge.start(persona.knowledge_files(), persona.catalog_dir)

@@ -18,6 +18,7 @@ CREATE TABLE IF NOT EXISTS turns (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS turns_by_session ON turns (persona, session_id, id);
+CREATE INDEX IF NOT EXISTS turns_by_time ON turns (created_at);
 """
 
 
@@ -25,6 +26,10 @@ class SessionStore(SqliteStore):
     """History per (persona, session id)."""
 
     SCHEMA = SCHEMA
+
+    def __init__(self, path, retain_days: float = 0):
+        super().__init__(path)
+        self.retain_s = retain_days * 86400  # 0: turns are kept for ever
 
     def history(self, persona: str, session_id: str, last_turns: int | None = None) -> list[Turn]:
         """The session's turns, oldest first; ``last_turns`` keeps only the newest exchanges (user + answer pairs)."""
@@ -45,6 +50,8 @@ class SessionStore(SqliteStore):
                 "INSERT INTO turns (session_id, persona, role, content, created_at) VALUES (?, ?, ?, ?, ?)",
                 [(session_id, persona, "user", question, now), (session_id, persona, "assistant", answer, now)],
             )
+            if self.retain_s:
+                db.execute("DELETE FROM turns WHERE created_at < ?", (now - self.retain_s,))
 
     def clear(self, persona: str, session_id: str) -> int:
         with closing(self._connect()) as db, db:

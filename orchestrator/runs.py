@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from contextlib import closing
 
 from common.protocol import RunRecord
@@ -22,8 +23,9 @@ CREATE INDEX IF NOT EXISTS runs_by_time ON runs (created_at);
 class RunStore(SqliteStore):
     SCHEMA = SCHEMA
 
-    def __init__(self, path):
+    def __init__(self, path, retain_days: float = 0):
         super().__init__(path)
+        self.retain_s = retain_days * 86400  # 0: runs are kept for ever
         self._fail_interrupted()
 
     def _fail_interrupted(self) -> None:
@@ -44,6 +46,9 @@ class RunStore(SqliteStore):
                 "ON CONFLICT(run_id) DO UPDATE SET status = excluded.status, record = excluded.record",
                 (record.run_id, record.created_at, record.status, record.model_dump_json()),
             )
+            if self.retain_s and record.status != "running":
+                db.execute("DELETE FROM runs WHERE created_at < ? AND status != 'running'",
+                           (time.time() - self.retain_s,))
 
     def get(self, run_id: str) -> RunRecord | None:
         with closing(self._connect()) as db:

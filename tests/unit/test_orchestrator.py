@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 
 import pytest
@@ -341,6 +342,33 @@ def test_runs_left_running_by_a_crash_are_failed_at_start_up(tmp_path):
     again = RunStore(tmp_path / "runs.sqlite3")  # the orchestrator starting again
     record = again.get("r1")
     assert record.status == "failed" and "interrupted" in record.error
+
+
+def test_runs_and_turns_older_than_the_retention_are_deleted_as_new_ones_are_written(tmp_path):
+    from agents.sessions import SessionStore
+    from common.protocol import RunRecord
+    from orchestrator.runs import RunStore
+
+    def run(run_id, age_days, status="done"):
+        return RunRecord(response="", run_id=run_id, strategy="react", experts=[], steps=[], elapsed_ms=0, task="t",
+                         created_at=time.time() - age_days * 86400, status=status)
+
+    store = RunStore(tmp_path / "runs.sqlite3", retain_days=7)
+    for r in (run("old", 8), run("old-but-running", 8, "running"), run("recent", 6)):
+        store.save(r)
+    store.save(run("new", 0))
+    assert {r.run_id for r in store.list()} == {"old-but-running", "recent", "new"}
+    forever = RunStore(tmp_path / "forever.sqlite3")
+    forever.save(run("old", 800))
+    forever.save(run("new", 0))
+    assert len(forever.list()) == 2
+
+    sessions = SessionStore(tmp_path / "s.sqlite3", retain_days=7)
+    sessions.append_exchange("p", "a", "q", "x")
+    with sqlite3.connect(tmp_path / "s.sqlite3") as db:
+        db.execute("UPDATE turns SET created_at = created_at - 8 * 86400")
+    sessions.append_exchange("p", "b", "q", "y")
+    assert sessions.history("p", "a") == [] and len(sessions.history("p", "b")) == 2
 
 
 def _counting_server(replies):
