@@ -339,6 +339,7 @@ class ChatCompletionRequest(OpenAIModel, SamplingFields):
             loop_guard=self.loop_guard,
             end_at_sentence=self.end_at_sentence,
             tools=self.tool_dicts(),
+            cache_prefix=not any(m.role in ("system", "developer") for m in self.messages),
         )
 
 

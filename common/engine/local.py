@@ -210,20 +210,19 @@ class LocalEngine:
             matcher = self.grammars.matcher(self.grammars.compile(request.constraint))
         gen = Generation(request)
         try:
-            self._queue.put_nowait(_Row(gen, prompt_ids, self._system_prefix_len(request.messages, prompt_ids,
-                                                                                     request.tools),
-                                        matcher))
+            self._queue.put_nowait(_Row(gen, prompt_ids, self._system_prefix_len(request, prompt_ids), matcher))
         except queue.Full:
             raise EngineOverloaded(f"{self._queue.maxsize} requests are already waiting", retry_after=2) from None
         return gen
 
-    def _system_prefix_len(self, messages: list[dict], prompt_ids: list[int], tools: list[dict] | None) -> int:
+    def _system_prefix_len(self, request: GenerationRequest, prompt_ids: list[int]) -> int:
         """How many leading prompt tokens render the system message alone, or 0.
 
         Every request to an expert starts with its persona, so the decoder can keep those tokens computed. The count
         is used only where the system message renders as a true token prefix of the whole prompt."""
-        if not messages or messages[0]["role"] != "system" or tools:
-            return 0  # a system message with a caller's tools in it is no persona's prefix: not worth a cache slot
+        messages = request.messages
+        if not request.cache_prefix or not messages or messages[0]["role"] != "system" or request.tools:
+            return 0  # a system message with a caller's text or tools in it is no persona's: not worth a cache slot
         head = self._tokens(messages[:1], generation_prompt=False)
         fits = len(head) < len(prompt_ids) and prompt_ids[: len(head)] == head
         return len(head) if fits else 0

@@ -104,6 +104,9 @@ class GenerationRequest:
     end_at_sentence: bool = False
     # Function tools (OpenAI's shape) the model is told about; the constraint, when there is one, keeps calls valid.
     tools: list[dict[str, Any]] | None = None
+    # Keep the system message's keys and values for later requests (the local engine's prefix cache). Only a
+    # service's own prompts are worth it: a caller's system text is false, or every caller could fill the cache.
+    cache_prefix: bool = True
 
 
 @dataclass

@@ -259,3 +259,11 @@ def test_a_bad_sampling_request_fails_alone(engine):
     good = engine.submit(ask(QUESTIONS[2]))
     odd = engine.submit(ask("Hi", temperature=1e-30, top_p=1e-30))  # degenerate but valid: decodes greedily
     assert good.result().text and odd.result().text
+
+
+def test_a_request_that_does_not_offer_its_system_prompt_leaves_the_prefix_cache_alone(exact):
+    before = list(exact.decoder._prefixes)
+    exact.submit(ask("What is a contract?", system="Answer in one word, caller 7.", n=4, cache_prefix=False)).result()
+    assert list(exact.decoder._prefixes) == before  # nothing added, nothing evicted
+    exact.submit(ask("What is a contract?", system="Answer in one word, caller 8.", n=4)).result()
+    assert list(exact.decoder._prefixes)[-1] not in before

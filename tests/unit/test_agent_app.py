@@ -261,3 +261,14 @@ def test_oversize_constraints_and_stops_are_400s_before_compiling(client, extra)
     resp = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], **extra})
     message = resp.get_json()["error"]["message"]
     assert resp.status_code == 400 and ("characters" in message or "choices" in message), message
+
+
+def test_only_the_persona_own_prompt_is_offered_to_the_prefix_cache(client, engine):
+    client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+    assert engine.requests[-1].cache_prefix  # the persona alone: computed once, kept
+    client.post("/chat", json={"intent": "hi"})
+    assert engine.requests[-1].cache_prefix
+    for role in ("system", "developer"):  # a caller's own instructions join the persona's: not kept
+        client.post("/v1/chat/completions", json={"messages": [{"role": role, "content": f"Be brief {role}."},
+                                                               {"role": "user", "content": "hi"}]})
+        assert not engine.requests[-1].cache_prefix and engine.requests[-1].messages[0]["role"] == "system"
