@@ -159,6 +159,9 @@ class OrchestratorSettings(WebSettings, EngineSettings):
     connect_timeout_s: float = Field(5.0, gt=0, validation_alias="EXPERT_CONNECT_TIMEOUT")
     read_timeout_s: float = Field(300.0, gt=0, validation_alias="EXPERT_READ_TIMEOUT")
     retries: int = Field(2, ge=0, le=10, validation_alias="EXPERT_RETRIES")
+    expert_poll_s: float = Field(
+        5.0, gt=0, le=3600, validation_alias="EXPERT_POLL_INTERVAL",
+        description="Seconds between background rounds that read missing experts' cards and ask each if it is ready.")
     max_steps: int = Field(4, ge=1, le=20, validation_alias="MAX_STEPS")
     run_timeout_s: float = Field(900.0, gt=0, validation_alias="RUN_TIMEOUT")
     expert_max_new_tokens: int = Field(256, ge=1, validation_alias="EXPERT_MAX_NEW_TOKENS")

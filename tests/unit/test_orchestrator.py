@@ -414,3 +414,29 @@ def test_the_client_retries_a_busy_expert_after_its_retry_after_and_never_resend
     with pytest.raises(ExpertError):
         ExpertClient(url, retries=2, backoff_s=0).chat("q")
     assert len(seen) == 1  # /chat may have run: not sent again
+
+
+def test_requests_read_the_polled_state_of_the_experts_instead_of_probing_them():
+    from common.client import ExpertError
+    from orchestrator.experts import ExpertRegistry
+
+    probes = []
+
+    class Down:
+        name = "down"
+
+        def card(self):
+            probes.append("card")
+            raise ExpertError("down", "connection refused")
+
+        def ready(self):
+            probes.append("ready")
+            return False, "connection refused"
+
+    registry = ExpertRegistry(["http://127.0.0.1:9"], lambda url: Down(), poll_s=3600)
+    first = registry.statuses()  # waits for the first round
+    assert [s.ready for s in first] == [False] and first[0].detail == "connection refused"
+    seen = len(probes)
+    for _ in range(5):
+        assert registry.known() == [] and registry.statuses() == first
+    assert len(probes) == seen  # no request probed: the poller does, every EXPERT_POLL_INTERVAL
