@@ -1,6 +1,7 @@
 """Run a Flask app factory under gunicorn (never Flask's dev server), from a service's ``__main__``.
 
-One worker process owns the model; many threads serve HTTP so requests can wait on the engine together.
+One worker process owns the model; many threads serve HTTP so requests can wait on the engine together. At most
+MAX_IN_FLIGHT of them are admitted at once (common.web.Admission); the spare threads keep probes answered under load.
 """
 
 from __future__ import annotations
@@ -11,12 +12,18 @@ from collections.abc import Callable
 from gunicorn.app.base import BaseApplication
 
 from common.settings import WebSettings
+from common.web import Admission
+
+
+# Threads kept beyond MAX_IN_FLIGHT: for probes, and for answering 429 to whatever comes past the limit.
+SPARE_THREADS = 16
 
 
 class _Server(BaseApplication):
-    def __init__(self, factory: Callable, options: dict):
+    def __init__(self, factory: Callable, options: dict, max_in_flight: int):
         self._factory = factory
         self._options = options
+        self._max_in_flight = max_in_flight
         super().__init__()
 
     def load_config(self) -> None:
@@ -24,17 +31,18 @@ class _Server(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        return self._factory()  # in the worker, after fork: the model's threads live there
+        # in the worker, after fork: the model's threads live there
+        return Admission(self._factory(), self._max_in_flight)
 
 
-def serve(factory: Callable, settings: WebSettings, port: int, threads: int = 64) -> None:
+def serve(factory: Callable, settings: WebSettings, port: int) -> None:
     if problem := settings.exposure_problem():
         sys.exit(problem)
     _Server(factory, {
         "bind": f"{settings.host}:{port}",
         "workers": 1,
         "worker_class": "gthread",
-        "threads": threads,
+        "threads": settings.max_in_flight + SPARE_THREADS,
         # gthread's timeout only watches the worker's heartbeat; long generations and streams are not cut by it.
         "timeout": 120,
         "graceful_timeout": 10,
@@ -42,4 +50,4 @@ def serve(factory: Callable, settings: WebSettings, port: int, threads: int = 64
         "loglevel": settings.log_level.lower(),
         "accesslog": "-",
         "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(M)sms',
-    }).run()
+    }, settings.max_in_flight).run()

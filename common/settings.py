@@ -70,6 +70,8 @@ class WebSettings(BaseSettings):
         None, description="Comma-separated names the service answers to in the Host header (a web page that rebinds "
         "its own name to this machine gets 400); '.example.com' takes its subdomains too. Default: the loopback "
         "names when bound to a loopback address, any name otherwise (API_KEY guards a service on a network).")
+    max_in_flight: int = Field(
+        48, ge=1, le=1024, description="Requests served at once (probes aside); more get 429 with Retry-After at once.")
     retain_days: float = Field(
         30, ge=0, description="Runs and session turns older than this many days are deleted as new ones are written; "
         "0 keeps them for ever.")

@@ -9,6 +9,7 @@ import hmac
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -20,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
+from werkzeug.wsgi import ClosingIterator
 
 from common.engine.types import (
     ConstraintViolated,
@@ -253,3 +255,41 @@ def static_file(name: str, own: Path) -> Response:
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+PROBE_PATHS = {"/health", "/ready", "/metrics"}
+
+
+class Admission:
+    """WSGI middleware that admits at most ``limit`` requests at once and answers the rest 429 with Retry-After at
+    once, so the server's threads never all wait on the engine: probes (``PROBE_PATHS``) are never counted or
+    refused, and always find a free thread. A streamed response counts until its body is closed."""
+
+    def __init__(self, app: Callable, limit: int, retry_after_s: int = 2):
+        self.app, self.limit, self.retry_after_s = app, limit, retry_after_s
+        self.in_flight = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict, start_response: Callable):
+        if environ.get("PATH_INFO", "") in PROBE_PATHS:
+            return self.app(environ, start_response)
+        with self._lock:
+            admitted = self.in_flight < self.limit
+            self.in_flight += admitted
+        if not admitted:
+            body = ErrorResponse(error=ErrorDetail(
+                message=f"busy: {self.limit} requests in progress, try again shortly", type="rate_limit_error",
+                code="too_many_requests")).model_dump_json().encode()
+            start_response("429 Too Many Requests", [("Content-Type", "application/json"),
+                                                     ("Content-Length", str(len(body))),
+                                                     ("Retry-After", str(self.retry_after_s))])
+            return [body]
+        try:
+            return ClosingIterator(self.app(environ, start_response), self._leave)
+        except BaseException:
+            self._leave()
+            raise
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1

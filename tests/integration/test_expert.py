@@ -127,6 +127,24 @@ def test_timeout_is_a_504(tmp_path):
         service.stop()
 
 
+def test_past_its_in_flight_limit_an_expert_answers_429_at_once_and_probes_still_answer(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    service = expert("law_expert", tmp_path, env={"MAX_IN_FLIGHT": "2"}).start()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            busy = [pool.submit(chat, service, intent=f"Essay {i} on contracts.", max_new_tokens=64,
+                                min_new_tokens=64) for i in range(8)]
+            probes = [requests.get(f"{service.url}/health", timeout=5).status_code for _ in range(3)]
+            answers = [f.result() for f in busy]
+        assert probes == [200, 200, 200]
+        refused = [r for r in answers if r.status_code == 429]
+        assert refused and all(r.headers["Retry-After"] for r in refused)
+        assert {r.status_code for r in answers} <= {200, 429} and any(r.status_code == 200 for r in answers)
+    finally:
+        service.stop()
+
+
 def test_sessions_survive_a_restart_and_auth_guards_them(tmp_path):
     service = expert("ai_expert", tmp_path, env={"API_KEY": "k3y"}).start()
     auth = {"Authorization": "Bearer k3y"}

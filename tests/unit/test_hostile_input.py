@@ -140,3 +140,31 @@ def test_a_service_open_to_the_network_without_a_key_refuses_to_start(module, tm
     assert "API_KEY=" in run.stderr and "ALLOW_NO_API_KEY=1" in run.stderr and "Traceback" not in run.stderr
     assert AgentSettings(host="0.0.0.0", allow_no_api_key=True).exposure_problem() is None
     assert AgentSettings(host="::1").exposure_problem() is None
+
+
+def test_admission_refuses_past_its_limit_at_once_and_never_counts_probes():
+    from common.web import Admission
+
+    calls = []
+
+    def app(environ, start_response):
+        calls.append(environ["PATH_INFO"])
+        start_response("200 OK", [])
+        return iter([b"streaming..."])
+
+    admission = Admission(app, limit=2)
+    statuses = []
+
+    def get(path):
+        return admission({"PATH_INFO": path}, lambda status, headers: statuses.append((status, dict(headers))))
+
+    held = [get("/chat"), get("/v1/chat/completions")]  # two bodies still streaming
+    refused = get("/integrate")
+    assert statuses[-1][0].startswith("429") and statuses[-1][1]["Retry-After"] == "2"
+    assert json.loads(b"".join(refused))["error"]["code"] == "too_many_requests"
+    for probe in ("/health", "/ready", "/metrics"):
+        get(probe)
+        assert statuses[-1][0] == "200 OK"
+    held[0].close()  # a body closed: its place is free again
+    get("/chat")
+    assert statuses[-1][0] == "200 OK" and "/integrate" not in calls
