@@ -27,7 +27,7 @@ import yaml
 from agents.personas import get_persona
 from bench import knowledge, quality, speed, tool_calls
 from bench.load import ALONE, CORES, NEW_TOKENS, PROMPTS, PeakRss
-from common.engine.decoding import make_decoder
+from common.engine.decoders import make_decoder
 from common.engine.loading import cpu_has_native_bf16, load_model, pick_dtype
 from tests.services import MODEL_CACHE, Service, expert, free_port, orchestrator_service
 

@@ -14,7 +14,6 @@ from gunicorn.app.base import BaseApplication
 from common.settings import WebSettings
 from common.web import Admission
 
-
 # Threads kept beyond MAX_IN_FLIGHT: for probes, and for answering 429 to whatever comes past the limit.
 SPARE_THREADS = 16
 

@@ -7,18 +7,15 @@ newest token sits in the last column; a row's positions count only its real toke
 - :class:`~common.engine.llama.LlamaDecoder` is a lean forward for Llama-architecture models on the CPU (the embedded
   SmolLM2 among them): fused, pre-packed projections and a KV cache written in place instead of re-concatenated.
 
-:func:`make_decoder` picks one.
+:func:`common.engine.decoders.make_decoder` picks one.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -159,16 +156,3 @@ def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     shape = list(t.shape)
     shape[dim] = missing
     return torch.cat([t.new_zeros(shape), t], dim=dim)
-
-
-def make_decoder(model, kind: str = "auto", batch_hint: int = 16) -> Decoder:
-    """``auto``: the lean Llama decoder where it applies (a Llama-architecture model on the CPU), else transformers."""
-    from .llama import LlamaDecoder, unsupported_reason
-
-    if kind == "transformers":
-        return TransformersDecoder(model)
-    reason = unsupported_reason(model)
-    if reason is None:
-        return LlamaDecoder(model, batch_hint)
-    log.info("using the transformers forward: %s", reason)
-    return TransformersDecoder(model)

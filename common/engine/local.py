@@ -27,7 +27,8 @@ import torch
 
 from common.text import MAX_PERIOD, loop_start, sentence_cut
 
-from .decoding import Decoder, make_decoder
+from .decoders import make_decoder
+from .decoding import Decoder
 from .grammar import GrammarCompiler, close_soon, mask_logits
 from .loading import load_model
 from .tools import for_template, template_knows_tools, with_tools_prompt

@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from common.engine.decoding import make_decoder, teacher_forced
+from common.engine.decoders import make_decoder
+from common.engine.decoding import teacher_forced
 from common.engine.loading import load_model
 from common.engine.local import LocalEngine, detokenize_step
 from common.engine.types import Constraint, EngineOverloaded, GenerationCancelled, GenerationRequest, GenerationTimeout

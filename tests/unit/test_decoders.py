@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
-from common.engine.decoding import TransformersDecoder, make_decoder
+from common.engine.decoders import make_decoder
+from common.engine.decoding import TransformersDecoder
 from common.engine.llama import LlamaDecoder, unsupported_reason
 
 PAD = 0
