@@ -13,7 +13,7 @@ from agents.service import VERSION, ExpertService
 from agents.sessions import SessionStore
 from common import a2a
 from common.embedding import Embedder
-from common.engine import make_engine
+from common.engine import start_engine
 from common.openapi import Route, build_openapi
 from common.protocol import (
     AgentCard,
@@ -58,7 +58,7 @@ def create_app(settings: AgentSettings | None = None, engine=None, embedder=None
     settings = settings or AgentSettings()
     persona = get_persona(settings.persona, settings.personas_file)
     if engine is None:
-        engine = make_engine(settings).start()
+        engine = start_engine(settings)
     app = Flask(__name__, static_folder=None)
     metrics = install(app, settings, persona.id)
     sessions = SessionStore(settings.data_dir / f"sessions-{persona.id}.sqlite3", settings.retain_days)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+
 from .types import Constraint, Generation, GenerationRequest, GenerationResult  # noqa: F401
 
 
@@ -14,3 +16,11 @@ def make_engine(settings):
     from .local import LocalEngine
 
     return LocalEngine.from_settings(settings)
+
+
+def start_engine(settings):
+    """The settings' engine, started (a local model loads in the background) and stopped when the process exits, so
+    requests in flight then end with an error instead of hanging."""
+    engine = make_engine(settings).start()
+    atexit.register(engine.stop)
+    return engine

@@ -12,6 +12,7 @@ Callers never touch torch: they submit a :class:`GenerationRequest` and read a :
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import logging
@@ -149,12 +150,17 @@ class LocalEngine:
 
     @property
     def ready(self) -> bool:
-        return self._ready.is_set() and self.load_error is None
+        return self._ready.is_set() and self.load_error is None and self._scheduling()
+
+    def _scheduling(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopping.is_set()
 
     @property
     def status(self) -> str:
         if self.load_error:
             return f"model failed to load: {self.load_error}"
+        if self._ready.is_set() and not self._scheduling():
+            return "the engine has stopped"
         return "ready" if self.ready else f"model {self.model_spec} is loading"
 
     @property
@@ -253,6 +259,23 @@ class LocalEngine:
         log.info("engine ready: %s on %s (%s, %s, %d threads)", self.model_name, self.device, self.dtype,
                  type(self.decoder).__name__, self.threads)
         rows: list[_Row] = []
+        try:
+            self._schedule(rows)
+        finally:  # stopped, or died: nothing in flight or waiting is left to hang until its timeout
+            stopped = EngineNotReady("the engine stopped before this request finished", retry_after=5)
+            for r in rows + self._drain():
+                if not r.gen.done:
+                    r.gen.fail(stopped)
+
+    def _drain(self) -> list[_Row]:
+        drained = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                drained.append(self._queue.get_nowait())
+        return drained
+
+    def _schedule(self, rows: list[_Row]) -> None:
+        """Decode until stopped; ``rows`` (changed in place) are the requests in flight."""
         batch = None
         while not self._stopping.is_set():
             new = self._admit(block=not rows, room=self.max_batch_size - len(rows))
@@ -263,14 +286,14 @@ class LocalEngine:
                                                                  [r.prefix_len for r in new])
                         self._sample_and_advance(new, logits)
                         batch = self.decoder.merge(batch, new_batch) if rows else new_batch
-                        rows = rows + new
+                        rows.extend(new)
                     elif rows:
                         self._sample_and_advance(rows, self.decoder.decode(batch, self._last_tokens(rows)))
                     else:
                         continue
                     keep = [i for i, r in enumerate(rows) if not self._retire(r)]
                     if len(keep) < len(rows):
-                        rows = [rows[i] for i in keep]
+                        rows[:] = [rows[i] for i in keep]
                         if rows:
                             batch = self.decoder.select(batch, keep)
                         else:
@@ -282,7 +305,8 @@ class LocalEngine:
                 for r in rows + new:
                     if not r.gen.done:
                         r.gen.fail(EngineError(f"generation failed: {type(exc).__name__}: {exc}"))
-                rows, batch = [], None
+                rows.clear()
+                batch = None
                 self.running_rows = 0
 
     def _admit(self, block: bool, room: int) -> list[_Row]:

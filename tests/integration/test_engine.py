@@ -19,7 +19,14 @@ from common.engine.decoders import make_decoder
 from common.engine.decoding import teacher_forced
 from common.engine.loading import load_model
 from common.engine.local import LocalEngine, detokenize_step
-from common.engine.types import Constraint, EngineOverloaded, GenerationCancelled, GenerationRequest, GenerationTimeout
+from common.engine.types import (
+    Constraint,
+    EngineNotReady,
+    EngineOverloaded,
+    GenerationCancelled,
+    GenerationRequest,
+    GenerationTimeout,
+)
 from common.text import ends_a_sentence, is_degenerate, loop_start
 from tests.services import MODEL_CACHE
 
@@ -268,3 +275,18 @@ def test_a_request_that_does_not_offer_its_system_prompt_leaves_the_prefix_cache
     assert list(exact.decoder._prefixes) == before  # nothing added, nothing evicted
     exact.submit(ask("What is a contract?", system="Answer in one word, caller 8.", n=4)).result()
     assert list(exact.decoder._prefixes)[-1] not in before
+
+
+def test_stopping_the_engine_ends_what_is_in_flight_or_waiting_with_an_error():
+    engine = LocalEngine(cache_dir=MODEL_CACHE, max_batch_size=1, max_queue=4).start()
+    assert engine.wait_ready(600)
+    running = engine.submit(ask("Write a long essay on contracts.", n=2000, min_new_tokens=2000))
+    waiting = engine.submit(ask("What is a tort?", n=2000, min_new_tokens=2000))  # no room in a batch of one
+    next(iter(running))  # decoding has begun
+    engine.stop()
+    for gen in (running, waiting):
+        with pytest.raises(EngineNotReady, match="stopped"):
+            gen.result()
+    assert not engine.ready and engine.status == "the engine has stopped"
+    with pytest.raises(EngineNotReady):
+        engine.submit(ask("hi"))
