@@ -76,14 +76,14 @@ class ExpertService:
             loop_guard=req.loop_guard,
             end_at_sentence=True,
         )
-        return self._submit(completion), passages
+        return self._submit(completion, req.timeout_s), passages
 
-    def _submit(self, completion: ChatCompletionRequest) -> Generation:
+    def _submit(self, completion: ChatCompletionRequest, timeout_s: float | None = None) -> Generation:
         generation_request = completion.to_generation_request(
             self.persona.system_prompt,
             self.settings.default_max_new_tokens,
             self.settings.max_new_tokens_limit,
-            self.settings.request_timeout_s,
+            min(self.settings.request_timeout_s, timeout_s or self.settings.request_timeout_s),
         )
         return self.engine.submit(generation_request)
 

@@ -74,10 +74,16 @@ class ExpertClient:
             return True, ""
         return False, _message(resp)
 
-    def chat(self, intent: str, **fields) -> ChatResponse:
+    def chat(self, intent: str, timeout_s: float | None = None, **fields) -> ChatResponse:
+        """Ask over /chat (or A2A); with ``timeout_s`` the expert stops generating then, and so does the wait."""
         if self.a2a:
             return self._a2a_chat(intent)
-        resp = self._request("POST", "/chat", json={"intent": intent, **fields})
+        body = {"intent": intent, **fields}
+        timeout = self.timeout
+        if timeout_s is not None:
+            body["timeout_s"] = timeout_s
+            timeout = (self.timeout[0], min(self.timeout[1], timeout_s + 5))  # the expert's 504 arrives first
+        resp = self._request("POST", "/chat", timeout=timeout, json=body)
         _raise_for(resp, self.name)
         return ChatResponse.model_validate(resp.json())
 

@@ -74,6 +74,9 @@ class ChatRequest(Lenient, SamplingFields):
 
     intent: str = Field(min_length=1, max_length=32_000, description="The question or instruction for the expert.")
     session_id: str | None = Field(None, min_length=1, max_length=128, pattern=ID_PATTERN)
+    timeout_s: float | None = Field(None, gt=0, le=86_400, description="Give up generating after this many seconds "
+                                    "(504), within the expert's own REQUEST_TIMEOUT_S: a caller with a deadline "
+                                    "passes what is left of it, so no answer is generated that nobody waits for.")
     max_history_length: int | None = Field(None, ge=2, le=20, description="Past exchanges sent as context.")
     stream: bool = False
     loop_guard: bool = Field(True, description="Stop the answer when it starts repeating itself (one copy of what "

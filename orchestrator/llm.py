@@ -7,6 +7,8 @@ Either way the text that comes back satisfies it.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -35,6 +37,9 @@ class StepForm(Protocol):
     def from_json(self, text: str) -> str: ...
 
 
+DEFAULT_TIMEOUT_S = 600.0  # a call's limit when no deadline is set
+
+
 class EngineLLM(LLM):
     """``step_for(prompt)`` picks the form of each call, so one LLM serves a whole constrained ReAct loop."""
 
@@ -42,7 +47,7 @@ class EngineLLM(LLM):
 
     engine: Any
     max_new_tokens: int = 384
-    timeout_s: float = 600.0
+    deadline: float = math.inf  # time.monotonic() by which the whole run ends: no call outlives it
     step_for: Callable[[str], StepForm | Decided | None] | None = None
 
     @property
@@ -65,7 +70,7 @@ class EngineLLM(LLM):
             max_new_tokens=kwargs.get("max_new_tokens", self.max_new_tokens),
             stop=[] if constraint else list(stop or []),  # under a constraint the constraint says where a step ends
             constraint=constraint,
-            timeout_s=self.timeout_s,
+            timeout_s=max(1.0, min(DEFAULT_TIMEOUT_S, self.deadline - time.monotonic())),
         )
         return read(self.engine.submit(request).result().text)
 

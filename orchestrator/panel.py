@@ -19,7 +19,7 @@ def run_panel(task: str, experts: list, ranking: list[Ranked], trace: RunTrace, 
     with ThreadPoolExecutor(max_workers=len(chosen)) as pool:
         futures = [pool.submit(trace.consult, by_name[r.name], task, "", "panel",
                                ranking_record if n == 0 else None, expert_max_new_tokens,
-                               reason=f"panel: every selected expert is asked (ranked {i + 1}, similarity "
+                               reason=f"panel: every selected expert is asked (ranked {i + 1}, relevance "
                                       f"{r.score:.2f})")
                    for n, (i, r) in enumerate(chosen)]
         for f in futures:

@@ -166,10 +166,10 @@ def plan_routing(ranking: list[Ranked], mode: str, ratio: float, task: str) -> R
     if mode != "ranking" or not ranking:
         return RoutingPolicy(tools, [], task, mode, {})
     top = ranking[0]
-    reasons = {top.name: f"ranked first for this task (similarity {top.score:.2f})"}
+    reasons = {top.name: f"ranked first for this task (relevance {top.score:.2f})"}
     for r in ranking[1:]:
         if top.score > 0 and r.score >= ratio * top.score:
-            reasons[r.name] = (f"close runner-up (similarity {r.score:.2f}, at least {ratio:.0%} of the best, "
+            reasons[r.name] = (f"close runner-up (relevance {r.score:.2f}, at least {ratio:.0%} of the best, "
                                f"{top.score:.2f})")
     return RoutingPolicy(tools, list(reasons), task, mode, reasons)
 
@@ -185,7 +185,7 @@ class _ThoughtCapture(BaseCallbackHandler):
 
 
 def run_react(engine, task: str, experts: list, ranking: list[Ranked], trace: RunTrace, *, max_steps: int,
-              routing: str, ratio: float, timeout_s: float, expert_max_new_tokens: int) -> bool:
+              routing: str, ratio: float, expert_max_new_tokens: int) -> bool:
     """Run the constrained ReAct loop, which decides whom to consult. True when it hit its step or time limit."""
     by_name = {e.name: e for e in experts}
     ranked = [r for r in ranking if r.name in by_name]
@@ -211,10 +211,11 @@ def run_react(engine, task: str, experts: list, ranking: list[Ranked], trace: Ru
     # A step is a thought, an expert's name and a question, which may be the whole task: room for all of it (two
     # tokens a character covers CJK text), so a long task is never cut off mid-step.
     step_tokens = 64 + THOUGHT_MAX_CHARS + 2 * max(len(task), INPUT_MAX_CHARS)
-    llm = EngineLLM(engine=engine, step_for=step_for, timeout_s=timeout_s, max_new_tokens=min(step_tokens, 4096))
+    llm = EngineLLM(engine=engine, step_for=step_for, deadline=trace.deadline, max_new_tokens=min(step_tokens, 4096))
     prompt = PROMPT.partial(ranking=", ".join(f"{r.name} {r.score:.2f}" for r in ranked))
     agent = create_react_agent(llm, tools, prompt, output_parser=GrammarStepParser())
-    executor = AgentExecutor(agent=agent, tools=tools, max_iterations=max_steps, max_execution_time=timeout_s,
+    executor = AgentExecutor(agent=agent, tools=tools, max_iterations=max_steps,
+                             max_execution_time=trace.remaining_s(),
                              early_stopping_method="force", handle_parsing_errors=True)
     try:
         output = (executor.invoke({"input": task}, config={"callbacks": [capture]}).get("output") or "").strip()
@@ -224,7 +225,7 @@ def run_react(engine, task: str, experts: list, ranking: list[Ranked], trace: Ru
     # A step that did not come out whole must not cost the run its experts: the ranking's choice is asked directly.
     # With the model choosing freely (routing 'llm'), that is the first-ranked expert when nobody was consulted.
     if not policy.required and not trace.consulted and ranked:
-        policy.reasons[ranked[0].name] = f"ranked first for this task (similarity {ranked[0].score:.2f})"
+        policy.reasons[ranked[0].name] = f"ranked first for this task (relevance {ranked[0].score:.2f})"
         policy.required.append(ranked[0].name)
     for name in policy.required:
         if name not in trace.consulted:

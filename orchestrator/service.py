@@ -29,7 +29,7 @@ def _react(self: Orchestrator, req: IntegrateRequest, experts, ranking, trace: R
     # a request may ask for fewer steps than the operator allows, never more
     max_steps = min(req.max_steps or s.max_steps, s.max_steps)
     return run_react(self.engine, req.task, experts, ranking, trace, max_steps=max_steps,
-                     routing=s.routing, ratio=s.routing_ratio, timeout_s=s.run_timeout_s,
+                     routing=s.routing, ratio=s.routing_ratio,
                      expert_max_new_tokens=s.expert_max_new_tokens)
 
 
@@ -45,14 +45,18 @@ STRATEGIES: dict[str, Callable[..., bool]] = {"react": _react, "panel": _panel}
 
 class Orchestrator:
     def __init__(self, settings: OrchestratorSettings, engine, registry: ExpertRegistry,
-                 router_factory: Callable[[], Router], runs: RunStore):
+                 router_factory: Callable[[], Router], runs: RunStore, judge_factory: Callable[[], Callable]):
         self.settings, self.engine, self.registry, self.runs = settings, engine, registry, runs
-        self.router: Router | None = None
+        self.router: Router | None = None  # set once the router and the composer's judge have both loaded
+        self.judge: Callable | None = None  # the composer's embedder (MiniLM): its gates are calibrated on it
         self.router_error: str | None = None
-        threading.Thread(target=self._load_router, args=(router_factory,), daemon=True, name="router-load").start()
+        self._run_slots = threading.BoundedSemaphore(settings.max_runs)
+        threading.Thread(target=self._load_router, args=(router_factory, judge_factory), daemon=True,
+                         name="router-load").start()
 
-    def _load_router(self, factory: Callable[[], Router]) -> None:
+    def _load_router(self, factory: Callable[[], Router], judge_factory: Callable[[], Callable]) -> None:
         try:
+            self.judge = judge_factory()
             self.router = factory()
         except Exception as exc:  # reported by /ready
             log.exception("router failed to load")
@@ -81,7 +85,11 @@ class Orchestrator:
         if not experts:
             raise ApiError(400, f"none of the experts asked for is known; known experts: "
                            f"{', '.join(e.name for e in known)}", code="unknown_experts")
-        return experts, self.router.rank(req.task, experts)
+        ranking = self.router.rank(req.task, experts)
+        if not self._run_slots.acquire(blocking=False):  # released when the run ends (_run)
+            raise ApiError(429, f"busy: {self.settings.max_runs} runs in progress, try again shortly",
+                           "rate_limit_error", "too_many_runs", retry_after=10)
+        return experts, ranking
 
     def integrate(self, req: IntegrateRequest) -> IntegrateResponse:
         experts, ranking = self._prepare(req)
@@ -89,9 +97,18 @@ class Orchestrator:
 
     def _run(self, req: IntegrateRequest, experts, ranking, emit: Emit | None,
              cancelled: threading.Event | None = None) -> IntegrateResponse:
+        try:
+            return self._run_held(req, experts, ranking, emit, cancelled)
+        finally:
+            self._run_slots.release()
+
+    def _run_held(self, req: IntegrateRequest, experts, ranking, emit: Emit | None,
+                  cancelled: threading.Event | None) -> IntegrateResponse:
+        """A run in one of the MAX_RUNS slots (taken by _prepare)."""
         run_id = uuid.uuid4().hex
         started, created = time.perf_counter(), time.time()
-        trace = RunTrace(emit=emit or (lambda event, data: None), cancelled=cancelled or threading.Event())
+        trace = RunTrace(emit=emit or (lambda event, data: None), cancelled=cancelled or threading.Event(),
+                         deadline=time.monotonic() + self.settings.run_timeout_s)
         record = RunRecord(response="", run_id=run_id, strategy=req.strategy, experts=[], steps=[], elapsed_ms=0,
                            task=req.task, created_at=created, status="running")
         self.runs.save(record)
@@ -100,8 +117,8 @@ class Orchestrator:
         try:
             fallback = STRATEGIES[req.strategy](self, req, experts, ranking, trace)
             trace.check_cancelled()
-            composition = Composer(self.engine, self.router.embed).compose(req.task, trace.steps,
-                                                                            self.settings.run_timeout_s)
+            composition = Composer(self.engine, self.judge).compose(req.task, trace.steps,
+                                                                            trace.remaining_s())
             sources = cite(composition, trace.steps)
         except Exception as exc:
             log.exception("run %s failed", run_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -23,10 +24,15 @@ class RunTrace:
     steps: list[Step] = field(default_factory=list)
     consulted: list[str] = field(default_factory=list)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    deadline: float = math.inf  # time.monotonic() by which the run ends (RUN_TIMEOUT)
 
     def check_cancelled(self) -> None:
         if self.cancelled.is_set():
             raise RunCancelled("the run was cancelled")
+
+    def remaining_s(self) -> float:
+        """What is left of the run's time, at least a second: every model call and expert gets only this."""
+        return max(1.0, self.deadline - time.monotonic())
 
     def consult(self, expert, question: str, thought: str = "", chosen_by: str | None = None,
                 ranking: list[dict] | None = None, max_new_tokens: int = 256, reason: str = "") -> Step:
@@ -35,7 +41,7 @@ class RunTrace:
         self.emit("action", {"thought": thought, "expert": expert.name, "input": question, "reason": reason})
         started = time.perf_counter()
         try:
-            answer = expert.client.chat(question, max_new_tokens=max_new_tokens)
+            answer = expert.client.chat(question, timeout_s=self.remaining_s(), max_new_tokens=max_new_tokens)
             observation, ok, sources = answer.response, True, answer.sources
         except ExpertError as exc:
             observation, ok, sources = f"{exc} (continue with the other experts)", False, []

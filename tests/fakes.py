@@ -100,6 +100,7 @@ class KeywordEmbedder:
 
     LAW = ("law", "legal", "gdpr", "regulation", "liab", "contract", "court", "compliance")
     TECH = ("neural", "network", "model", "algorithm", "software", "data", "machine", "comput", "ai ")
+    floor = 0.75  # a text with neither kind of word lies at 45 degrees: cosine 0.71 to anything, which says nothing
 
     def __call__(self, texts):
         import torch

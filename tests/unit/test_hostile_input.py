@@ -93,7 +93,8 @@ def test_pathological_bodies(expert, raw):
 def test_random_integrate_bodies_never_5xx(tmp_path_factory, body):
     app = create_orchestrator(
         OrchestratorSettings(expert_urls="http://127.0.0.1:9", data_dir=tmp_path_factory.mktemp("o"), retries=0),
-        llm=ScriptedEngine([]), router_factory=lambda: Router(KeywordEmbedder()))
+        llm=ScriptedEngine([]), router_factory=lambda: Router(KeywordEmbedder()),
+        judge_factory=KeywordEmbedder)
     resp = app.test_client().post("/integrate", data=json.dumps(body), content_type="application/json")
     assert resp.status_code in (400, 503), resp.get_data(as_text=True)  # no expert is up: 503 once input is valid
     assert_error_shape(resp)

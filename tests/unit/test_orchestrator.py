@@ -23,7 +23,7 @@ LAW_TASK = "What does the GDPR regulation require of a contract?"
 def make_client(tmp_path, urls, script, kinds=CONSTRAINT_KINDS, **settings):
     s = OrchestratorSettings(expert_urls=",".join(urls), data_dir=tmp_path / "orch", retries=0, **settings)
     brain = ScriptedEngine(script, kinds)
-    app = create_app(s, llm=brain, router_factory=lambda: Router(KeywordEmbedder()))
+    app = create_app(s, llm=brain, router_factory=lambda: Router(KeywordEmbedder()), judge_factory=KeywordEmbedder)
     _wait_router(app)
     return app.test_client(), brain
 
@@ -440,3 +440,39 @@ def test_requests_read_the_polled_state_of_the_experts_instead_of_probing_them()
     for _ in range(5):
         assert registry.known() == [] and registry.statuses() == first
     assert len(probes) == seen  # no request probed: the poller does, every EXPERT_POLL_INTERVAL
+
+
+def test_a_client_that_leaves_a_streamed_run_cancels_it_and_runs_past_max_runs_get_429(tmp_path, live_expert):
+    law = live_expert("law_expert", "Article 28 requires a processing contract.", delay_s=1.0)
+    ai = live_expert("ai_expert", "Use encryption.", delay_s=1.0)
+    client, brain = make_client(tmp_path, [ai.url, law.url], [], max_runs=1)
+    stream = client.post("/integrate", json={"task": LAW_TASK, "stream": True, "strategy": "panel"}, buffered=False)
+    first = next(iter(stream.response))
+    assert b"event: start" in first
+    busy = client.post("/integrate", json={"task": LAW_TASK})  # the one slot is taken
+    assert busy.status_code == 429 and busy.headers["Retry-After"] and error_code(busy) == "too_many_runs"
+    stream.close()  # the client went away
+    for _ in range(100):
+        runs = client.get("/runs").get_json()["runs"]
+        if runs and runs[0]["status"] != "running":
+            break
+        time.sleep(0.1)
+    assert runs[0]["status"] == "failed" and "cancelled" in runs[0]["error"]
+    assert not brain.requests  # nothing composed after the client left
+    assert client.post("/integrate", json={"task": LAW_TASK, "strategy": "panel"}).status_code == 200  # slot free
+
+
+def error_code(resp):
+    return resp.get_json()["error"]["code"]
+
+
+def test_run_timeout_is_a_deadline_every_model_call_and_expert_gets_only_what_is_left(tmp_path, live_expert):
+    law = live_expert("law_expert", "Article 28 requires a processing contract.", delay_s=1.0)
+    ai = live_expert("ai_expert", "Use encryption.")
+    client, brain = make_client(tmp_path, [ai.url, law.url], [step("Ask the lawyer.", "law_expert", LAW_TASK),
+                                                               step("Ask the engineer.", "ai_expert", LAW_TASK)],
+                                run_timeout_s=30, routing_ratio=0.0)  # ratio 0: both experts are consulted
+    assert client.post("/integrate", json={"task": LAW_TASK}).status_code == 200
+    [first], [second] = law.engine.requests, ai.engine.requests
+    assert first.timeout_s <= 30 and second.timeout_s <= 29  # the experts' default would be 600; the second was
+    assert brain.requests and all(r.timeout_s <= 30 for r in brain.requests)  # asked after the first's second
