@@ -67,6 +67,7 @@ def create_app(settings: AgentSettings | None = None, engine=None, embedder=None
     knowledge.start(persona.knowledge_files(), persona.catalog_dir)
     service = ExpertService(settings, persona, engine, sessions, metrics, knowledge)
     app.extensions["expert"] = service
+    app.extensions["engine"] = engine
 
     def require_ready() -> None:
         if not engine.ready:

@@ -6,13 +6,20 @@ MAX_IN_FLIGHT of them are admitted at once (common.web.Admission); the spare thr
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+import threading
 from collections.abc import Callable
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 
 from common.settings import WebSettings
 from common.web import Admission
+
+log = logging.getLogger(__name__)
+APP_LOAD_ERROR = Arbiter.APP_LOAD_ERROR
 
 # Threads kept beyond MAX_IN_FLIGHT: for probes, and for answering 429 to whatever comes past the limit.
 SPARE_THREADS = 16
@@ -30,8 +37,21 @@ class _Server(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        # in the worker, after fork: the model's threads live there
-        return Admission(self._factory(), self._max_in_flight)
+        app = self._factory()  # in the worker, after fork: the model's threads live there
+        threading.Thread(target=_exit_if_failed, args=(app.extensions["engine"],), name="engine-watch",
+                         daemon=True).start()
+        return Admission(app, self._max_in_flight)
+
+
+def _exit_if_failed(engine) -> None:
+    """A model that cannot load never will: end the process non-zero (gunicorn's "app load error" stops its arbiter)
+    so a supervisor restarts or reports it, instead of a service answering 503 for ever."""
+    while not engine.ready:
+        engine.wait_ready(5)
+        if engine.failed:
+            log.critical("the engine failed for good, exiting: %s", engine.status)
+            logging.shutdown()
+            os._exit(APP_LOAD_ERROR)
 
 
 def serve(factory: Callable, settings: WebSettings, port: int) -> None:

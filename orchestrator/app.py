@@ -53,6 +53,7 @@ def create_app(settings: OrchestratorSettings | None = None, llm=None, experts: 
     runs = RunStore(settings.data_dir / "runs.sqlite3", settings.retain_days)
     service = Orchestrator(settings, engine, experts, router_factory, runs, judge_factory or Embedder)
     app.extensions["orchestrator"] = service
+    app.extensions["engine"] = engine
 
     def card(base_url: str):
         return a2a.agent_card("Conclave panel", "A panel of expert agents that answers as one.",

@@ -14,6 +14,7 @@ class FakeEngine:
     model_name = "fake-model"
     model_spec = "fake"
     running_rows = 0
+    failed = False
     waiting = 0
     runtime = {"dtype": "fake"}
 

@@ -152,6 +152,10 @@ class LocalEngine:
     def ready(self) -> bool:
         return self._ready.is_set() and self.load_error is None and self._scheduling()
 
+    @property
+    def failed(self) -> bool:
+        return self.load_error is not None
+
     def _scheduling(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._stopping.is_set()
 

@@ -105,6 +105,8 @@ class RemoteEngine:
     def status(self) -> str:
         return self.load_error or "ready"
 
+    failed = False  # a server that is down may come back: /ready says so meanwhile
+
     @property
     def waiting(self) -> int:
         return 0

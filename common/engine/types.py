@@ -226,6 +226,11 @@ class Engine(Protocol):
     def status(self) -> str: ...
 
     @property
+    def failed(self) -> bool:
+        """True when the engine can never become ready (a local model that failed to load); a remote server that
+        is down is not failed, it may come back."""
+
+    @property
     def waiting(self) -> int: ...
 
     @property

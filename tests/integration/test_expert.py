@@ -145,6 +145,13 @@ def test_past_its_in_flight_limit_an_expert_answers_429_at_once_and_probes_still
         service.stop()
 
 
+def test_a_model_that_cannot_load_ends_the_process_non_zero(tmp_path):
+    service = expert("law_expert", tmp_path, env={"MODEL": str(tmp_path / "missing.gguf")})
+    with pytest.raises(RuntimeError, match="exited with"):  # not a 503 with Retry-After for ever
+        service.start(timeout=120)
+    assert service.proc.returncode != 0 and "failed for good" in service.log_tail(20000)
+
+
 def test_sessions_survive_a_restart_and_auth_guards_them(tmp_path):
     service = expert("ai_expert", tmp_path, env={"API_KEY": "k3y"}).start()
     auth = {"Authorization": "Bearer k3y"}
