@@ -49,6 +49,8 @@ ROUTES = [
     Route("get", "/health", "Liveness"),
     Route("get", "/ready", "Readiness: 503 until the model has loaded"),
     Route("get", "/metrics", "Prometheus metrics", content_type="text/plain"),
+    Route("get", "/openapi.json", "This document"),
+    Route("get", "/", "The expert's web page", content_type="text/html"),
 ]
 
 

@@ -31,9 +31,12 @@ ROUTES = [
     Route("get", "/runs", "Stored runs, newest first"),
     Route("get", "/runs/{run_id}", "One stored run", response=RunRecord),
     Route("get", "/.well-known/agent-card.json", "A2A agent card (the panel as one agent)"),
+    Route("get", "/.well-known/agent.json", "A2A agent card (older path)"),
     Route("get", "/health", "Liveness"),
     Route("get", "/ready", "Readiness: the LLM is loaded and at least one expert answers"),
     Route("get", "/metrics", "Prometheus metrics", content_type="text/plain"),
+    Route("get", "/openapi.json", "This document"),
+    Route("get", "/", "The panel's web page", content_type="text/html"),
 ]
 
 

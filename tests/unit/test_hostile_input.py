@@ -169,3 +169,25 @@ def test_admission_refuses_past_its_limit_at_once_and_never_counts_probes():
     held[0].close()  # a body closed: its place is free again
     get("/chat")
     assert statuses[-1][0] == "200 OK" and "/integrate" not in calls
+
+
+@pytest.mark.parametrize("service", ["expert", "orchestrator"])
+def test_every_route_in_the_url_map_is_in_the_openapi_document(service, expert, tmp_path):
+    import re
+
+    if service == "expert":
+        client = expert[0]
+    else:
+        client = create_orchestrator(
+            OrchestratorSettings(expert_urls="http://127.0.0.1:9", data_dir=tmp_path, retries=0),
+            llm=ScriptedEngine([]), router_factory=lambda: Router(KeywordEmbedder()),
+            judge_factory=KeywordEmbedder).test_client()
+    app = client.application
+    documented = {(path, method) for path, ops in client.get("/openapi.json").get_json()["paths"].items()
+                  for method in ops}
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static" or rule.rule.startswith("/static"):
+            continue
+        path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            assert (path, method.lower()) in documented, (service, method, path)
