@@ -7,6 +7,10 @@ from contextlib import closing
 from pathlib import Path
 
 
+class UnusableDatabase(RuntimeError):
+    """A store's file exists but SQLite cannot read it."""
+
+
 class SqliteStore:
     """Subclasses set ``SCHEMA``; every write runs in one transaction, so a crash leaves the file consistent."""
 
@@ -15,9 +19,13 @@ class SqliteStore:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(self.SCHEMA)
+        try:
+            with closing(self._connect()) as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(self.SCHEMA)
+        except sqlite3.DatabaseError as exc:  # not a database, or a damaged one: say which file and what to do
+            raise UnusableDatabase(f"{self.path} is not a usable SQLite database ({exc}); move it aside (the service "
+                                   "starts a new one) or restore it from a backup") from None
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30)

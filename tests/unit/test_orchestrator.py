@@ -476,3 +476,17 @@ def test_run_timeout_is_a_deadline_every_model_call_and_expert_gets_only_what_is
     [first], [second] = law.engine.requests, ai.engine.requests
     assert first.timeout_s <= 30 and second.timeout_s <= 29  # the experts' default would be 600; the second was
     assert brain.requests and all(r.timeout_s <= 30 for r in brain.requests)  # asked after the first's second
+
+
+def test_a_damaged_database_is_named_with_what_to_do():
+    import tempfile
+    from pathlib import Path
+
+    from common.sqlite import UnusableDatabase
+    from orchestrator.runs import RunStore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "runs.sqlite3"
+        path.write_bytes(b"this is not a database" * 100)
+        with pytest.raises(UnusableDatabase, match="runs.sqlite3 is not a usable SQLite database.*move it aside"):
+            RunStore(path)
