@@ -35,6 +35,11 @@ class EngineSettings(BaseSettings):
         "auto", description="auto: a lean forward pass for Llama-architecture models on the CPU (the embedded one "
         "among them), the transformers forward otherwise; transformers: always the transformers forward."
     )
+    weights: Literal["auto", "int4", "dense"] = Field(
+        "auto", description="auto: the lean decoder runs one-row and few-row steps on the checkpoint's own 4-bit "
+        "weights (a Q4_0/Q4_1 GGUF, the embedded model among them) where the CPU has AVX512 and the engine runs "
+        "bfloat16, dense weights otherwise; int4: also quantize a float checkpoint to 4-bit groups (faster, answers "
+        "change); dense: always the de-quantized weights.")
     remote_url: str | None = Field(
         None, description="Base URL of an OpenAI-compatible server (ending in /v1). When set, no local model loads."
     )

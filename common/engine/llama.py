@@ -21,9 +21,14 @@ import torch
 import torch.nn.functional as F
 
 from .decoding import Batch, Decoder, left_padded, positions_of
+from .int4 import HEAD, Int4Groups, Int4Linear, Planes, fits
 
 # System prompts whose keys and values are kept: an expert has one persona, an orchestrator a handful of prompts.
 PREFIX_CACHE_SIZE = 8
+# A projection of at most this many tokens runs on the 4-bit weights, a larger one (a prefill, a wide batch) on the
+# dense copy: the int4 kernel reads a quarter of the bytes, which wins while a step is bound by reading weights, and
+# loses to oneDNN's dense matmul once enough rows share each weight read (bench/speed.py measures both sides).
+INT4_MAX_TOKENS = 4
 
 
 def unsupported_reason(model) -> str | None:
@@ -43,30 +48,40 @@ def unsupported_reason(model) -> str | None:
 
 
 class _Projection:
-    """``x @ W.T`` for weights fused along the output, in oneDNN's pre-packed layout where the CPU allows it."""
+    """``x @ W.T`` for weights fused along the output, in oneDNN's pre-packed layout where the CPU allows it, and on
+    4-bit weights too when given them: those serve the few-token steps (see :data:`INT4_MAX_TOKENS`)."""
 
-    def __init__(self, weights: list[torch.Tensor], batch_hint: int):
+    def __init__(self, weights: list[torch.Tensor], batch_hint: int, quantized: list[Planes | None] | None = None):
         weight = torch.cat([w.detach() for w in weights]).contiguous()
+        self.int4 = None
+        if quantized and None not in quantized and len({len(planes) for planes in quantized}) == 1:
+            planes = [Int4Groups.stacked(list(plane)) for plane in zip(*quantized, strict=True)]
+            self.int4 = Int4Linear(planes) if fits(planes) else None
         try:  # the packed layout is tuned for batches near batch_hint rows, and works for any
             self.packed, self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, batch_hint), None
         except (RuntimeError, AttributeError):  # no oneDNN, or a dtype this CPU cannot pack (bf16 without AVX512)
             self.packed, self.weight = None, weight
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.int4 is not None and x.numel() <= INT4_MAX_TOKENS * x.shape[-1]:
+            return self.int4(x)
         if self.packed is None:
             return F.linear(x, self.weight)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
 
 
 class _Layer:
-    def __init__(self, layer, batch_hint: int):
-        attn, mlp = layer.self_attn, layer.mlp
-        self.qkv = _Projection([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight], batch_hint)
-        self.o = _Projection([attn.o_proj.weight], batch_hint)
-        self.gate_up = _Projection([mlp.gate_proj.weight, mlp.up_proj.weight], batch_hint)
-        self.down = _Projection([mlp.down_proj.weight], batch_hint)
-        self.attn_norm = layer.input_layernorm.weight.detach().clone()
-        self.mlp_norm = layer.post_attention_layernorm.weight.detach().clone()
+    def __init__(self, layer, index: int, batch_hint: int, quantized: dict[str, Planes]):
+        def projection(*paths: str) -> _Projection:
+            return _Projection([layer.get_submodule(path).weight for path in paths], batch_hint,
+                               [quantized.get(f"model.layers.{index}.{path}.weight") for path in paths])
+
+        self.qkv = projection("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+        self.o = projection("self_attn.o_proj")
+        self.gate_up = projection("mlp.gate_proj", "mlp.up_proj")
+        self.down = projection("mlp.down_proj")
+        self.attn_norm = layer.input_layernorm.weight.detach().float()
+        self.mlp_norm = layer.post_attention_layernorm.weight.detach().float()
 
 
 class KVCache:
@@ -138,23 +153,32 @@ class LlamaDecoder(Decoder):
     """The forward pass of a Llama-architecture causal LM over a :class:`KVCache`, from the model's own weights.
 
     It keeps what it needs (packed copies of the projections, norms, embeddings), so the caller can drop the model.
+    ``quantized`` maps parameter names to quantized copies of those weights (:mod:`common.engine.int4`); the
+    projections that have them run few-token steps on them.
     """
 
-    def __init__(self, model, batch_hint: int = 16):
+    def __init__(self, model, batch_hint: int = 16, quantized: dict[str, Planes] | None = None):
         config = model.config
         self.device = next(model.parameters()).device
         self.dtype = model.dtype
+        # Attention and its KV cache run in float32 whatever the weights' dtype: the CPU's bfloat16 attention kernels
+        # are 4-7x slower than its float32 ones at one query (measured at 80 and 400 keys), and float32 scores are
+        # closer to the reference. It costs the cache twice the memory of a bfloat16 one.
+        self._attention_anchor = torch.zeros((), dtype=torch.float32, device=self.device)
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.hidden = config.hidden_size
         self.intermediate = config.intermediate_size
         self.eps = config.rms_norm_eps
-        self.layers = [_Layer(layer, batch_hint) for layer in model.model.layers]
+        quantized = quantized or {}
+        self.layers = [_Layer(layer, i, batch_hint, quantized) for i, layer in enumerate(model.model.layers)]
         # Copies, not views: a view of a checkpoint's tensor would keep its whole memory map resident.
         self.embed = model.model.embed_tokens.weight.detach().clone()
-        self.final_norm = model.model.norm.weight.detach().clone()
-        self.head = _Projection([model.lm_head.weight], batch_hint)
+        self.final_norm = model.model.norm.weight.detach().float()
+        self.head = _Projection([model.lm_head.weight], batch_hint, [quantized.get(HEAD)])
+        self.int4 = any(p.int4 is not None for layer in self.layers for p in (layer.qkv, layer.down)) or \
+            self.head.int4 is not None
         rotary = model.model.rotary_emb
         self.inv_freq = rotary.inv_freq.detach().float()
         self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
@@ -172,7 +196,7 @@ class LlamaDecoder(Decoder):
         rows, width = ids.shape
         held = max(prefix_lens)
         cache = KVCache(len(self.layers), rows, self.kv_heads, self.head_dim, KVCache.headroom(held + width),
-                        self.embed)
+                        self._attention_anchor)
         prefix_mask = suffix_mask.new_zeros((rows, held))
         for row, (prefix, n) in enumerate(zip(prefixes, prefix_lens, strict=True)):
             if n:
@@ -216,32 +240,34 @@ class LlamaDecoder(Decoder):
         start = cache.length
         cache.reserve(start + width)
         cos, sin = self._rope(positions)
-        split = [heads * dim, kv_heads * dim, kv_heads * dim]
-        x = F.embedding(ids, self.embed)
+        split = [(heads + kv_heads) * dim, kv_heads * dim]
+        x = F.embedding(ids, self.embed).float()  # the residual stream, in float32 as the norms read it
         for i, layer in enumerate(self.layers):
-            h = F.rms_norm(x, (self.hidden,), layer.attn_norm, self.eps)
-            q, k, v = layer.qkv(h).split(split, dim=-1)
-            q = _rotate(q.view(rows, width, heads, dim).transpose(1, 2), cos, sin)
-            k = _rotate(k.view(rows, width, kv_heads, dim).transpose(1, 2), cos, sin)
+            h = F.rms_norm(x, (self.hidden,), layer.attn_norm, self.eps).to(self.dtype)
+            qk, v = layer.qkv(h).float().split(split, dim=-1)
+            # q and k rotate together (a one-row step is mostly per-operator overhead, so fewer operators count)
+            qk = _rotate(qk.view(rows, width, heads + kv_heads, dim), cos, sin).transpose(1, 2)
+            q, k = qk[:, :heads], qk[:, heads:]
             keys, values = cache.write(i, start, k, v.view(rows, width, kv_heads, dim).transpose(1, 2))
             attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed,
                                                   enable_gqa=heads != kv_heads)
-            x = x + layer.o(attn.transpose(1, 2).reshape(rows, width, heads * dim))
-            h = F.rms_norm(x, (self.hidden,), layer.mlp_norm, self.eps)
+            x = x + layer.o(attn.transpose(1, 2).reshape(rows, width, heads * dim).to(self.dtype))
+            h = F.rms_norm(x, (self.hidden,), layer.mlp_norm, self.eps).to(self.dtype)
             gate, up = layer.gate_up(h).split([self.intermediate, self.intermediate], dim=-1)
             x = x + layer.down(F.silu(gate) * up)
         cache.length = start + width
-        last = F.rms_norm(x[:, -1:], (self.hidden,), self.final_norm, self.eps)
+        last = F.rms_norm(x[:, -1:], (self.hidden,), self.final_norm, self.eps).to(self.dtype)
         return self.head(last)[:, -1]
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin, [rows, width, 1, head_dim], for :func:`_rotate`."""
         freqs = positions[..., None].float() * self.inv_freq
-        angles = torch.cat([freqs, freqs], dim=-1)
-        cos = (angles.cos() * self.rope_scale).to(self.dtype)[:, None]
-        sin = (angles.sin() * self.rope_scale).to(self.dtype)[:, None]
+        cos = (torch.cat([freqs, freqs], dim=-1).cos() * self.rope_scale)[:, :, None]
+        sin = (torch.cat([-freqs, freqs], dim=-1).sin() * self.rope_scale)[:, :, None]
         return cos, sin
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding: ``x * cos + rotate_half(x) * sin``, where rotate_half(x) = (-x2, x1) is the halves of x
+    swapped (a roll) with the first one's sign flipped, a flip carried by ``signed_sin``."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin

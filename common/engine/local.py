@@ -102,13 +102,14 @@ class LocalEngine:
         decoder: str = "auto",
         loader: Callable = load_model,
         threads: int = 0,
+        weights: str = "auto",
     ):
         self.model_spec = model
         self.model_name = model
         self.max_batch_size = max_batch_size
         self._load_args = (model, dtype, device, cache_dir)
         self._loader = loader
-        self._decoder_kind = decoder
+        self._decoder_kind, self._weights = decoder, weights
         self.threads = threads or max(1, len(os.sched_getaffinity(0)) // 2)
         self._queue: queue.Queue[_Row] = queue.Queue(maxsize=max_queue)
         self._ready = threading.Event()
@@ -130,6 +131,7 @@ class LocalEngine:
             settings.max_queue,
             settings.decoder,
             threads=settings.threads,
+            weights=settings.weights,
         )
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
@@ -182,7 +184,8 @@ class LocalEngine:
         if not self.ready:
             return {}
         return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
-                "decoder": type(self.decoder).__name__, "threads": self.threads}
+                "decoder": type(self.decoder).__name__, "threads": self.threads,
+                "weights": "int4" if getattr(self.decoder, "int4", False) else "dense"}
 
     def _load(self) -> None:
         model, tokenizer, source = self._loader(*self._load_args)
@@ -199,7 +202,7 @@ class LocalEngine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         # The decoder keeps what it needs; a lean one holds its own packed weights, so the model itself is let go
         # (collected now, and its pages handed back, so they do not count against the expert's memory).
-        self.decoder = make_decoder(model, self._decoder_kind, self.max_batch_size)
+        self.decoder = make_decoder(model, self._decoder_kind, self.max_batch_size, self._weights, source)
         self.device = self.decoder.device
         del model
         gc.collect()
