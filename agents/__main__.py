@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 
 from agents.personas import Persona, UnknownPersona, get_persona
-from common.serve import serve
+from common.serve import configure_logging, serve
 from common.settings import AgentSettings
-from common.web import configure_logging
 
 
 def configured(overrides: dict) -> tuple[AgentSettings, Persona]:
@@ -80,10 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     settings, persona = configured({"persona": args.persona, "agent_port": args.port, "host": args.host,
                                     "personas_file": args.personas_file})
 
-    from agents.app import create_app  # after the persona check: a typo fails fast, before torch is imported
+    def create_app():  # in gunicorn's worker: its master never imports torch (common/serve.py)
+        from agents.app import create_app
 
-    port = settings.agent_port or persona.port
-    serve(lambda: create_app(settings), settings, port)
+        return create_app(settings)
+
+    serve(create_app, settings, settings.agent_port or persona.port)
 
 
 if __name__ == "__main__":

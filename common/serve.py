@@ -2,6 +2,10 @@
 
 One worker process owns the model; many threads serve HTTP so requests can wait on the engine together. At most
 MAX_IN_FLIGHT of them are admitted at once (common.web.Admission); the spare threads keep probes answered under load.
+
+Nothing heavy is imported here or by a service's ``__main__`` before gunicorn forks: the app (torch, the model, the
+web layer) is built in the worker, so the master stays a few tens of MB instead of holding its own copy of torch
+(measured: the master was 372 MB RSS, 160 MB of it its own, when it imported the app).
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
 from common.settings import WebSettings
-from common.web import Admission
 
 log = logging.getLogger(__name__)
 APP_LOAD_ERROR = Arbiter.APP_LOAD_ERROR
@@ -37,6 +40,8 @@ class _Server(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
+        from common.web import Admission
+
         app = self._factory()  # in the worker, after fork: the model's threads live there
         threading.Thread(target=_exit_if_failed, args=(app.extensions["engine"],), name="engine-watch",
                          daemon=True).start()
@@ -70,3 +75,7 @@ def serve(factory: Callable, settings: WebSettings, port: int) -> None:
         "accesslog": "-",
         "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(M)sms',
     }, settings.max_in_flight).run()
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

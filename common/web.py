@@ -253,10 +253,6 @@ def static_file(name: str, own: Path) -> Response:
     return send_from_directory(folder, name)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 PROBE_PATHS = {"/health", "/ready", "/metrics"}
 
 

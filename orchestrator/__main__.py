@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from common.serve import serve
+from common.serve import configure_logging, serve
 from common.settings import OrchestratorSettings
-from common.web import configure_logging
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,9 +18,13 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {k: v for k, v in given.items() if v is not None}
     settings = OrchestratorSettings(**overrides)
     configure_logging(settings.log_level)
-    from orchestrator.app import create_app
 
-    serve(lambda: create_app(settings), settings, settings.orchestrator_port)
+    def create_app():  # in gunicorn's worker: its master never imports torch (common/serve.py)
+        from orchestrator.app import create_app
+
+        return create_app(settings)
+
+    serve(create_app, settings, settings.orchestrator_port)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def linear_names(config) -> list[str]:
 class Int4Groups:
     """A 4-bit plane of weights [out, in], in groups of :data:`GROUP` along the input: ``scale * q + minimum``."""
 
-    q: torch.Tensor  # [out, in], int32 in 0..15
+    q: torch.Tensor  # [out, in], uint8 in 0..15 (a byte a value while loading; packed two a byte to run)
     scale: torch.Tensor  # [out, in / GROUP], float32
     minimum: torch.Tensor  # [out, in / GROUP], float32
 
@@ -55,7 +55,7 @@ class Int4Groups:
         low, high = groups.amin(-1), groups.amax(-1)
         scale = (high - low) / 15
         q = ((groups - low[..., None]) / scale.clamp(min=1e-20)[..., None]).round().clamp(0, 15)
-        return cls(q.to(torch.int32).view(out, inner), scale, low)
+        return cls(q.to(torch.uint8).view(out, inner), scale, low)
 
     @classmethod
     def stacked(cls, parts: list[Int4Groups]) -> Int4Groups:
@@ -74,7 +74,7 @@ def eight_bit_planes(q: torch.Tensor, scale: torch.Tensor) -> Planes:
     """``scale * q`` for q in -128..127 as two 4-bit planes: q + 128 = 16 * high + low, so
     ``scale * q = 16 * scale * high - 128 * scale + scale * low``; every scale and zero point is the group's scale
     times a power of two, so the split adds no rounding of its own."""
-    unsigned = q.to(torch.int32) + 128
+    unsigned = (q.to(torch.int16) + 128).to(torch.uint8)
     return [Int4Groups(unsigned >> 4, 16 * scale, -128 * scale), Int4Groups(unsigned & 15, scale, 0 * scale)]
 
 
@@ -91,7 +91,7 @@ class Int4Linear:
         self.out_features = planes[0].q.shape[0]
         self.planes = []
         for p in planes:
-            packed = torch._convert_weight_to_int4pack_for_cpu(p.q, 1)
+            packed = torch._convert_weight_to_int4pack_for_cpu(p.q.to(torch.int32), 1)
             zero = p.minimum + 8 * p.scale  # the kernel computes (q - 8) * scale + zero
             scales_and_zeros = torch.stack([p.scale.t(), zero.t()], dim=-1).to(ACTIVATION_DTYPE).contiguous()
             self.planes.append((packed, scales_and_zeros))
@@ -154,7 +154,7 @@ def _scale(blocks: np.ndarray, at: int) -> np.ndarray:
 
 def _nibbles(qs: np.ndarray) -> np.ndarray:
     """A block's 16 bytes -> its 32 values: low nibbles are values 0-15, high nibbles values 16-31."""
-    return np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.int32)
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
 
 
 def _q4_1(blocks: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -167,4 +167,4 @@ def _q4_0(blocks: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 def _q8_0(blocks: np.ndarray) -> tuple[np.ndarray, ...]:
-    return blocks[..., 2:].copy().view(np.int8).astype(np.int32), _scale(blocks, 0)
+    return blocks[..., 2:].copy().view(np.int8), _scale(blocks, 0)

@@ -19,8 +19,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import xgrammar as xgr
-
 from .types import Constraint, InvalidConstraint
 
 FORMAT = "qwen_3"
@@ -51,6 +49,8 @@ def tool_constraint(tools: list[dict], tool_choice: str | dict, parallel: bool) 
     choice is ``none``."""
     if tool_choice == "none" or not tools:
         return None
+    import xgrammar as xgr  # here, not at import: the wire schemas import this module, and xgrammar loads torch
+
     bounded = [{**t, "function": {**t["function"], "parameters": _bounded(t["function"].get("parameters") or {})}}
                if t.get("type") == "function" and "function" in t else t for t in tools]
     try:
