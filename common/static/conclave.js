@@ -1,11 +1,14 @@
-// Shared by both Conclave pages: authenticated fetch, server-sent events over fetch, safe Markdown.
+// Shared by both Conclave pages: authenticated fetch, server-sent events over fetch, DOM building, safe Markdown.
+// Loaded as a file (the pages run under a Content-Security-Policy that allows no inline script).
 "use strict";
 
 const Conclave = (() => {
   const KEY = "conclave-api-key";
+  // The key lives for this browser tab's session only (sessionStorage), and the page offers to forget it.
+  const keys = window.sessionStorage;
 
   function headers(extra = {}) {
-    const key = localStorage.getItem(KEY);
+    const key = keys.getItem(KEY);
     return key ? { ...extra, Authorization: `Bearer ${key}` } : extra;
   }
 
@@ -15,11 +18,23 @@ const Conclave = (() => {
     if (resp.status === 401) {
       const key = window.prompt("This server needs an API key:");
       if (key) {
-        localStorage.setItem(KEY, key);
+        keys.setItem(KEY, key);
+        showForget();
         resp = await fetch(path, { ...options, headers: headers(options.headers || {}) });
       }
     }
     return resp;
+  }
+
+  // A "Forget key" button (id forget-key) shows while a key is kept.
+  function showForget() {
+    const button = document.getElementById("forget-key");
+    if (button) button.hidden = !keys.getItem(KEY);
+  }
+
+  function forgetKey() {
+    keys.removeItem(KEY);
+    showForget();
   }
 
   async function errorMessage(resp) {
@@ -64,40 +79,27 @@ const Conclave = (() => {
     }
   }
 
-  function escapeHtml(text) {
-    return String(text)
-      .replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
-      .replace(/"/g, "&quot;").replace(/'/g, "&#39;");
+  // An element built as DOM nodes: h("a", {href: "#x", className: "sub"}, "text", child, ...). Strings become text
+  // nodes, never HTML, so whatever an expert or a task contains is shown as written.
+  function h(tag, props = {}, ...children) {
+    const el = document.createElement(tag);
+    for (const [name, value] of Object.entries(props)) {
+      if (value === undefined || value === null || value === false) continue;
+      if (name in el) el[name] = value;
+      else el.setAttribute(name, value === true ? "" : value);
+    }
+    for (const child of children.flat()) {
+      if (child === undefined || child === null || child === false) continue;
+      el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return el;
   }
 
-  // Markdown on already-escaped text: whatever HTML an expert or a task contains is shown, never run.
+  // Markdown rendered by marked and sanitised by DOMPurify (both vendored under /static/vendor/): a fragment of
+  // safe nodes, scripts, event handlers and javascript: links removed.
   function markdown(text) {
-    const inline = (s) => s
-      .replace(/`([^`]+)`/g, "<code>$1</code>")
-      .replace(/\*\*([^*]+)\*\*/g, "<strong>$1</strong>")
-      .replace(/(^|[^*])\*([^*\n]+)\*/g, "$1<em>$2</em>");
-    const out = [];
-    let list = null;
-    const closeList = () => { if (list) { out.push(`</${list}>`); list = null; } };
-    for (const raw of escapeHtml(text).split("\n")) {
-      const line = raw.trimEnd();
-      let m;
-      if ((m = line.match(/^(#{1,4})\s+(.*)$/))) {
-        closeList();
-        out.push(`<h${m[1].length + 2}>${inline(m[2])}</h${m[1].length + 2}>`);
-      } else if ((m = line.match(/^\s*[-*]\s+(.*)$/)) || (m = line.match(/^\s*\d+[.)]\s+(.*)$/))) {
-        const kind = /^\s*\d/.test(line) ? "ol" : "ul";
-        if (list !== kind) { closeList(); out.push(`<${kind}>`); list = kind; }
-        out.push(`<li>${inline(m[1])}</li>`);
-      } else if (line === "") {
-        closeList();
-      } else {
-        closeList();
-        out.push(`<p>${inline(line)}</p>`);
-      }
-    }
-    closeList();
-    return out.join("\n");
+    const html = marked.parse(String(text || ""), { async: false, gfm: true, breaks: false });
+    return DOMPurify.sanitize(html, { RETURN_DOM_FRAGMENT: true, USE_PROFILES: { html: true } });
   }
 
   // Poll /ready until it answers 200; show `banner` meanwhile and call onReady once.
@@ -116,5 +118,11 @@ const Conclave = (() => {
     check();
   }
 
-  return { api, stream, escapeHtml, markdown, errorMessage, waitReady };
+  document.addEventListener("DOMContentLoaded", () => {
+    const button = document.getElementById("forget-key");
+    if (button) button.addEventListener("click", forgetKey);
+    showForget();
+  });
+
+  return { api, stream, h, markdown, errorMessage, waitReady, forgetKey };
 })();

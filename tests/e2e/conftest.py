@@ -29,10 +29,16 @@ def browser():
 
 @pytest.fixture
 def page(browser):
+    """A page that fails its test if anything it loads breaks the Content-Security-Policy or throws."""
     context = browser.new_context(viewport={"width": 1100, "height": 900})
     page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" and "Content Security" in m.text
+            else None)
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
     yield page
     context.close()
+    assert not problems, problems
 
 
 @pytest.fixture(scope="session")

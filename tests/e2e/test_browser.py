@@ -23,6 +23,12 @@ def test_expert_chat_streams_keeps_history_and_shows_html_as_text(stack, page):
     assert HOSTILE in page.text_content(".msg.user")
     page.screenshot(path=str(SCREENSHOTS / "expert-chat.png"), full_page=True)
 
+    assert page.is_hidden("#forget-key")  # no key asked for, none kept
+    # Markdown goes through marked and DOMPurify: formatting stays, scripts and handlers do not
+    rendered = page.evaluate("""() => { const box = document.createElement('div');
+        box.append(Conclave.markdown('**bold** <img src=x onerror="window.__pwned = 3"> [x](javascript:alert(1))'));
+        document.body.append(box); return box.innerHTML; }""")
+    assert "<strong>bold</strong>" in rendered and "onerror" not in rendered and "javascript:" not in rendered
     page.reload()
     page.wait_for_selector(".msg.assistant", timeout=30_000)
     assert page.locator(".msg").count() == 2  # the history came back from the server

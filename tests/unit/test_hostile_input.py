@@ -191,3 +191,31 @@ def test_every_route_in_the_url_map_is_in_the_openapi_document(service, expert, 
         path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             assert (path, method.lower()) in documented, (service, method, path)
+
+
+@pytest.mark.parametrize("service", ["expert", "orchestrator"])
+def test_pages_run_only_their_own_files_under_a_strict_policy(service, expert, tmp_path):
+    """No inline script or handler on either page (a strict CSP would block it, and an injected one with it), every
+    script they load is served from here, and every response carries the policy and nosniff."""
+    import re
+
+    if service == "expert":
+        client = expert[0]
+    else:
+        client = create_orchestrator(
+            OrchestratorSettings(expert_urls="http://127.0.0.1:9", data_dir=tmp_path, retries=0),
+            llm=ScriptedEngine([]), router_factory=lambda: Router(KeywordEmbedder()),
+            judge_factory=KeywordEmbedder).test_client()
+    page = client.get("/")
+    html = page.get_data(as_text=True)
+    assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), "an inline <script>"
+    assert not re.search(r"\son[a-z]+\s*=", html), "an inline event handler"
+    scripts = re.findall(r'<script src="([^"]+)"', html)
+    assert {"/static/vendor/marked.umd.js", "/static/vendor/purify.min.js", "/static/conclave.js"} <= set(scripts)
+    for src in scripts:
+        assert client.get(src).status_code == 200, src
+        assert "innerHTML" not in client.get(src).get_data(as_text=True) or "vendor" in src, src
+    for resp in (page, client.get("/health"), client.get("/no-such-route")):
+        policy = resp.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy and "'unsafe-inline'" not in policy
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
