@@ -1,9 +1,10 @@
 """``make bench``: Conclave's figures, each measured side by side with its baseline in one run.
 
 Sections: expert throughput (batched engine vs the seed's generate()-per-request server at concurrency 1/4/16,
-waves interleaved), decode speed and time to first token against llama.cpp's server (bench/speed.py),
-single-request overhead (HTTP + scheduling vs a bare decode of the same tokens, alternated), memory (expert RSS idle
-and under load), dtype quality, what reproducible greedy answers (float32) cost against bfloat16,
+waves interleaved), decode speed and time to first token against llama.cpp's server (bench/speed.py), dense
+against quantized weights (speed, and top-1 agreement with float32 over 2,000+ teacher-forced tokens;
+bench/weights.py), single-request overhead (HTTP + scheduling vs a bare decode of the same tokens, alternated),
+memory (expert RSS idle and under load), dtype quality, what reproducible greedy answers (float32) cost against bfloat16,
 /integrate panel wall time vs its experts' times, routing accuracy on a labelled set, the quality of /integrate's
 answers on a dev set (bench/quality.py), tool calling on BFCL against llama.cpp's server (bench/tool_calls.py), and the
 experts' knowledge bases: fact recall with and without retrieval, citations, the store at 10,000 chunks
@@ -25,7 +26,7 @@ import torch
 import yaml
 
 from agents.personas import get_persona
-from bench import knowledge, quality, speed, tool_calls
+from bench import knowledge, quality, speed, tool_calls, weights
 from bench.load import ALONE, CORES, NEW_TOKENS, PROMPTS, PeakRss
 from common.engine.decoders import make_decoder
 from common.engine.loading import cpu_has_native_bf16, load_model, pick_dtype
@@ -265,6 +266,7 @@ def report(results: dict) -> None:
         print(f"{b['concurrency']:>4} | {b['tokens_per_s']:>13} {b['p50_s']:>6} {b['p95_s']:>6} | "
               f"{n['tokens_per_s']:>11} {n['p50_s']:>6} {n['p95_s']:>6} | {b['tokens_per_s'] / n['tokens_per_s']:.2f}x")
     speed.report(results["llama_server"])
+    weights.report(results["weights"])
     one = results["single_request"]
     p = results["in_process"]
     print(f"\n== Single request, {NEW_TOKENS} tokens ({one['dtype']}, {one['decoder']}), HTTP + engine and a bare "
@@ -312,6 +314,7 @@ def main() -> None:
         results = {
             "throughput": throughput_and_memory(work),
             "llama_server": speed.speed(work),
+            "weights": weights.weights(),
             "single_request": single_request(work, messages),
             "in_process": in_process(messages),
             "dtypes": dtypes_under_load(),
