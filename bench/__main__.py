@@ -29,7 +29,7 @@ from bench import knowledge, quality, speed, tool_calls, weights
 from bench.load import ALONE, CORES, NEW_TOKENS, PROMPTS, PeakRss
 from common.engine.decoders import make_decoder
 from common.engine.loading import cpu_has_native_bf16, load_model, pick_dtype
-from tests.services import MODEL_CACHE, Service, expert, free_port, orchestrator_service
+from harness.services import MODEL_CACHE, Service, expert, free_port, orchestrator_service
 
 HERE = Path(__file__).parent
 def load_wave(url: str, concurrency: int) -> dict:

@@ -28,7 +28,7 @@ from agents.knowledge import Knowledge, KnowledgeStore
 from agents.personas import get_persona
 from common.embedding import Embedder
 from common.text import sentences
-from tests.services import expert
+from harness.services import expert
 
 HERE = Path(__file__).parent
 MAX_NEW_TOKENS = 160

@@ -6,7 +6,7 @@ import os
 import threading
 import time
 
-from tests.services import Service
+from harness.services import Service
 
 NEW_TOKENS = 64
 PROMPTS = [

@@ -17,7 +17,7 @@ from agents.personas import get_persona
 from common.engine.loading import load_model
 from common.serve import serve
 from common.settings import AgentSettings
-from tests.services import MODEL_CACHE
+from harness.services import MODEL_CACHE
 
 SYSTEM = get_persona("ai_expert").system_prompt
 REPETITION_PENALTY = AgentSettings.model_fields["default_repetition_penalty"].default

@@ -1,6 +1,6 @@
 """llama.cpp's ``llama-server`` on the embedded GGUF, as the peer the benches measure against.
 
-Built by tests/e2e/llama_server.sh from the llama-cpp-python sdist's vendored llama.cpp (cached under
+Built by harness/llama_server.sh from the llama-cpp-python sdist's vendored llama.cpp (cached under
 ~/.cache/conclave); where it cannot be built (no toolchain, no sdist), the reason is returned and the bench skips it.
 """
 
@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 from common.engine.loading import embedded_gguf_path
-from tests.services import ROOT, Service
+from harness.services import ROOT, Service
 
 
 def llama_server(work: Path, slots: int = 4, *flags: str) -> Service | str:
     """llama-server on the embedded GGUF with ``slots`` parallel sequences and 2 threads, or why it cannot run."""
-    built = subprocess.run(["bash", str(ROOT / "tests" / "e2e" / "llama_server.sh")], capture_output=True, text=True,
+    built = subprocess.run(["bash", str(ROOT / "harness" / "llama_server.sh")], capture_output=True, text=True,
                            env={**os.environ, "PYTHON": sys.executable})
     if built.returncode != 0:
         return f"llama-server not available: {(built.stderr.strip().splitlines() or ['build failed'])[-1]}"

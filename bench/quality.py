@@ -22,7 +22,7 @@ import yaml
 
 from common.embedding import Embedder
 from common.text import is_degenerate, sentences
-from tests.services import expert, orchestrator_service
+from harness.services import expert, orchestrator_service
 
 HERE = Path(__file__).parent
 STRATEGIES = ("react", "panel")

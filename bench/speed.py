@@ -21,7 +21,7 @@ import requests
 from agents.personas import get_persona
 from bench.load import ALONE, NEW_TOKENS, PROMPTS, PeakRss
 from bench.peers import llama_server
-from tests.services import expert
+from harness.services import expert
 
 REPEATS = {1: 3, 4: 2, 16: 1}
 TTFT_ROUNDS = 5

@@ -25,7 +25,7 @@ import jsonschema
 import requests
 
 from bench.peers import llama_server
-from tests.services import Service, expert
+from harness.services import Service, expert
 
 CATEGORIES = ("simple_python", "multiple")
 DEFAULT_CASES = 60

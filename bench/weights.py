@@ -21,7 +21,7 @@ from common.engine.decoders import make_decoder
 from common.engine.decoding import teacher_forced
 from common.engine.llama import INT4_MAX_TOKENS
 from common.engine.loading import load_model
-from tests.services import MODEL_CACHE
+from harness.services import MODEL_CACHE
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS_PER_TEXT = 96

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import expert, orchestrator_service
+from harness.services import expert, orchestrator_service
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "screenshots"

@@ -20,11 +20,11 @@ import yaml
 from common.engine.checking import satisfies
 from common.engine.loading import embedded_gguf_path
 from common.engine.types import Constraint
-from tests.services import ROOT, Service, expert, free_port, orchestrator_service
+from harness.services import ROOT, Service, expert, free_port, orchestrator_service
 
 pytestmark = pytest.mark.servers
 
-BUILD = ROOT / "tests" / "e2e" / "llama_server.sh"
+BUILD = ROOT / "harness" / "llama_server.sh"
 ROUTING_TASKS = yaml.safe_load((ROOT / "bench" / "routing_tasks.yaml").read_text())
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.services import expert, orchestrator_service
+from harness.services import expert, orchestrator_service
 
 
 @pytest.fixture(scope="session")

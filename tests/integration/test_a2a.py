@@ -21,7 +21,7 @@ from a2a.types.a2a_pb2 import (
     TaskState,
 )
 
-from tests.services import expert
+from harness.services import expert
 
 
 def run(coroutine):
@@ -162,7 +162,7 @@ def test_the_panel_is_an_a2a_agent_and_streams_each_consultation(orchestrator):
 
 
 def test_the_orchestrator_consults_experts_over_a2a(tmp_path, law_expert):
-    from tests.services import orchestrator_service
+    from harness.services import orchestrator_service
 
     orch = orchestrator_service(tmp_path, [law_expert.url], env={"EXPERT_TRANSPORT": "a2a"}).start()
     try:

@@ -30,7 +30,7 @@ from common.engine.types import (
     GenerationTimeout,
 )
 from common.text import ends_a_sentence, is_degenerate, loop_start
-from tests.services import MODEL_CACHE
+from harness.services import MODEL_CACHE
 
 pytestmark = pytest.mark.integration
 DTYPES = ["float32", "bfloat16"]

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from common.engine.loading import cpu_has_native_bf16
-from tests.services import expert
+from harness.services import expert
 
 pytestmark = pytest.mark.integration
 SPECIAL = re.compile(r"<\|[a-z_]+\|>")

@@ -9,7 +9,7 @@ import sys
 
 import requests
 
-from tests.services import ROOT, expert
+from harness.services import ROOT, expert
 
 POLICY = """# Acme retention policy (internal policy AC-7)
 

@@ -9,7 +9,7 @@ import requests
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.services import orchestrator_service
+from harness.services import orchestrator_service
 
 
 async def session_call(url: str, tool: str, arguments: dict, headers=None):

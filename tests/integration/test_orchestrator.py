@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from common.text import is_degenerate
-from tests.services import expert, free_port, orchestrator_service
+from harness.services import expert, free_port, orchestrator_service
 
 pytestmark = pytest.mark.integration
 SEED_TASK = "制定人工智能合规标准，避免人工智能伤害人类"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.services import expert, orchestrator_service
+from harness.services import expert, orchestrator_service
 
 pytestmark = pytest.mark.soak
 LIMIT_S = 900  # no request may take longer than this

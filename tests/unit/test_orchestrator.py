@@ -11,11 +11,11 @@ import pytest
 from common.engine.checking import satisfies
 from common.engine.types import CONSTRAINT_KINDS, Constraint
 from common.settings import OrchestratorSettings
+from harness.services import free_port
 from orchestrator.app import create_app
 from orchestrator.react import GrammarStepParser, StepForm
 from orchestrator.routing import Router
 from tests.fakes import KeywordEmbedder, ScriptedEngine, Truncated
-from tests.services import free_port
 
 LAW_TASK = "What does the GDPR regulation require of a contract?"
 
