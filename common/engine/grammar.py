@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import torch
 import xgrammar as xgr
@@ -18,13 +20,20 @@ def choice_to_ebnf(choices: list[str]) -> str:
 
 
 COMPILED_CACHE_BYTES = 64 * 1024 * 1024
+# A constraint within the size caps can still be slow to compile (nested bounded repeats: '(.{0,100}x){0,60}' takes
+# a second here). Compiling happens on a small pool, and a caller waits this long at most: past it the request is a
+# 400, and a compile that has not started is dropped; so slow constraints cost at most COMPILE_THREADS busy threads.
+COMPILE_TIMEOUT_S = 10.0
+COMPILE_THREADS = 2
 
 
 class GrammarCompiler:
     """Compiles constraints against one tokenizer; xgrammar caches compiled grammars, so repeats are free."""
 
-    def __init__(self, tokenizer, vocab_size: int):
+    def __init__(self, tokenizer, vocab_size: int, timeout_s: float = COMPILE_TIMEOUT_S):
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+        self._pool = ThreadPoolExecutor(COMPILE_THREADS, thread_name_prefix="grammar-compile")
+        self.timeout_s = timeout_s
         # xgrammar keeps compiled grammars for reuse; the cap keeps a stream of distinct ones from growing it for ever
         self._compiler = xgr.GrammarCompiler(info, max_threads=1, cache_limit_bytes=COMPILED_CACHE_BYTES)
         self.vocab_size = vocab_size
@@ -34,6 +43,16 @@ class GrammarCompiler:
                                      if piece.strip() and not piece.strip().strip(b'"}]')], dtype=torch.long)
 
     def compile(self, constraint: Constraint) -> xgr.CompiledGrammar:
+        """The compiled constraint (cached by xgrammar), or InvalidConstraint if it is invalid or too slow."""
+        future = self._pool.submit(self._compile, constraint)
+        try:
+            return future.result(timeout=self.timeout_s)
+        except FutureTimeout:
+            future.cancel()
+            raise InvalidConstraint(f"the {constraint.kind} constraint did not compile within {self.timeout_s:g} s: "
+                                    "simplify it (fewer nested or bounded repeats)") from None
+
+    def _compile(self, constraint: Constraint) -> xgr.CompiledGrammar:
         try:
             if constraint.kind == "grammar":
                 return self._compiler.compile_grammar(str(constraint.value))

@@ -28,6 +28,7 @@ from common.engine.types import (
     GenerationCancelled,
     GenerationRequest,
     GenerationTimeout,
+    InvalidConstraint,
 )
 from common.text import ends_a_sentence, is_degenerate, loop_start
 from harness.services import MODEL_CACHE
@@ -321,3 +322,18 @@ def test_stopping_the_engine_ends_what_is_in_flight_or_waiting_with_an_error():
     assert not engine.ready and engine.status == "the engine has stopped"
     with pytest.raises(EngineNotReady):
         engine.submit(ask("hi"))
+
+
+def test_a_constraint_too_slow_to_compile_is_refused_not_waited_for(exact):
+    """Within the size caps a regex can still take a second to compile; past the compile timeout the request is
+    refused (a 400 over HTTP) and the caller's thread is free at once."""
+    slow = "(.{0,100}y){0,20}"  # about 1 s here; distinct from every other test's, so xgrammar has not cached it
+    exact.grammars.timeout_s = 0.05
+    try:
+        started = time.perf_counter()
+        with pytest.raises(InvalidConstraint, match="did not compile within"):
+            exact.submit(ask("Say something.", constraint=Constraint("regex", slow)))
+        assert time.perf_counter() - started < 0.5
+    finally:
+        exact.grammars.timeout_s = 10.0
+    assert exact.submit(ask("Say something.", n=8, constraint=Constraint("regex", slow))).result().finish_reason
