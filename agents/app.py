@@ -29,7 +29,7 @@ from common.protocol import (
     SessionHistory,
 )
 from common.settings import AgentSettings
-from common.web import ApiError, check_id, install, parse_body, sse, static_file
+from common.web import ApiError, check_id, install, metrics_response, parse_body, sse, static_file
 
 STATIC = Path(__file__).with_name("static")
 ROUTES = [
@@ -158,7 +158,7 @@ def create_app(settings: AgentSettings | None = None, engine=None, embedder=None
     def metrics_text():
         metrics.waiting.labels(persona.id).set(engine.waiting)
         metrics.running.labels(persona.id).set(engine.running_rows)
-        return metrics.render()
+        return metrics_response(metrics)
 
     a2a.mount(app, service.a2a_turn, service.card_proto(settings.public_url or f"http://{settings.host}"),
               settings.data_dir / f"a2a-{persona.id}.sqlite3", settings.api_key)

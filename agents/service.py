@@ -14,6 +14,7 @@ from agents.sessions import SessionStore
 from common.a2a import Progress, agent_card, card_json
 from common.engine import tools
 from common.engine.types import Engine, EngineError, Generation, GenerationResult
+from common.metrics import Metrics
 from common.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -25,7 +26,6 @@ from common.protocol import (
     ChunkChoice,
     CompletionChoice,
     DeltaMessage,
-    ErrorDetail,
     FunctionCall,
     ModelCard,
     ModelList,
@@ -34,9 +34,9 @@ from common.protocol import (
     ToolCallDelta,
     ToolCallOut,
     Usage,
+    error_detail,
 )
 from common.settings import AgentSettings
-from common.web import Metrics, engine_api_error
 
 VERSION = "1.0.0"
 
@@ -247,5 +247,4 @@ def _usage(result: GenerationResult) -> Usage:
 
 
 def _error_body(exc: EngineError) -> dict:
-    err = engine_api_error(exc)
-    return {"error": ErrorDetail(message=err.message, type=err.type, code=err.code).model_dump()}
+    return {"error": error_detail(exc).model_dump()}

@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import TypeVar
 
 from flask import Flask, Response, g, request, send_from_directory
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
@@ -34,7 +32,9 @@ from common.engine.types import (
     RequestRejected,
     UpstreamError,
 )
-from common.protocol import ID_PATTERN, ErrorDetail, ErrorResponse
+from common.errors import BadRequest, Busy, NotFound, ServiceError, Unavailable
+from common.metrics import Metrics
+from common.protocol import ID_PATTERN, ErrorDetail, ErrorResponse, error_detail
 from common.settings import WebSettings
 
 log = logging.getLogger(__name__)
@@ -63,22 +63,22 @@ class ApiError(Exception):
         self.status, self.message, self.type, self.code, self.retry_after = status, message, type_, code, retry_after
 
 
-# Engine failures map onto HTTP: (status, error type).
-ENGINE_STATUS: dict[type, tuple[int, str]] = {
-    EngineNotReady: (503, "service_unavailable"),
-    EngineOverloaded: (429, "rate_limit_exceeded"),
-    GenerationTimeout: (504, "timeout"),
-    InvalidConstraint: (400, "invalid_request_error"),
-    RequestRejected: (400, "invalid_request_error"),
-    GenerationCancelled: (499, "cancelled"),
-    ConstraintViolated: (502, "upstream_error"),
-    UpstreamError: (502, "upstream_error"),
+# The one mapping of domain errors (the services' and the engine's) onto HTTP statuses; the most specific class
+# listed first wins. Their wire types come from common.protocol.error_detail.
+HTTP_STATUS: dict[type, int] = {
+    BadRequest: 400, NotFound: 404, Unavailable: 503, Busy: 429,
+    EngineNotReady: 503, EngineOverloaded: 429, GenerationTimeout: 504, InvalidConstraint: 400,
+    RequestRejected: 400, GenerationCancelled: 499, ConstraintViolated: 502, UpstreamError: 502,
 }
 
 
-def engine_api_error(exc: EngineError) -> ApiError:
-    status, type_ = next((v for k, v in ENGINE_STATUS.items() if isinstance(exc, k)), (500, "server_error"))
-    return ApiError(status, str(exc), type_, exc.code, exc.retry_after)
+def status_of(exc: Exception) -> int:
+    return next((status for kind, status in HTTP_STATUS.items() if isinstance(exc, kind)), 500)
+
+
+def domain_error_response(exc: ServiceError | EngineError) -> Response:
+    detail = error_detail(exc)
+    return error_response(status_of(exc), detail.message, detail.type, detail.code, exc.retry_after)
 
 
 def error_response(status: int, message: str, type_: str, code: str | int | None = None,
@@ -173,26 +173,9 @@ def sse(events: Iterable[tuple[str | None, object]], on_close: Callable[[], None
     return resp
 
 
-class Metrics:
-    """Prometheus metrics on a registry of the app's own (no process globals, so tests can build many apps)."""
-
-    def __init__(self, service: str):
-        self.registry = CollectorRegistry()
-        self.requests = Counter("conclave_requests_total", "HTTP requests by route and status",
-                                ["service", "route", "status"], registry=self.registry)
-        self.latency = Histogram("conclave_request_seconds", "HTTP request latency", ["service", "route"],
-                                 registry=self.registry,
-                                 buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
-        self.tokens = Counter("conclave_tokens_generated_total", "Tokens generated", ["service"],
-                              registry=self.registry)
-        self.waiting = Gauge("conclave_requests_waiting", "Requests queued for the engine", ["service"],
-                             registry=self.registry)
-        self.running = Gauge("conclave_requests_running", "Requests being decoded", ["service"],
-                             registry=self.registry)
-        self.service = service
-
-    def render(self) -> Response:
-        return Response(generate_latest(self.registry), mimetype=CONTENT_TYPE_LATEST)
+def metrics_response(metrics: Metrics) -> Response:
+    body, content_type = metrics.exposition()
+    return Response(body, content_type=content_type)
 
 
 def install(app: Flask, settings: WebSettings, service: str) -> Metrics:
@@ -230,9 +213,10 @@ def install(app: Flask, settings: WebSettings, service: str) -> Metrics:
     def _api_error(exc: ApiError) -> Response:
         return error_response(exc.status, exc.message, exc.type, exc.code, exc.retry_after)
 
+    @app.errorhandler(ServiceError)
     @app.errorhandler(EngineError)
-    def _engine_error(exc: EngineError) -> Response:
-        return _api_error(engine_api_error(exc))
+    def _domain_error(exc: ServiceError | EngineError) -> Response:
+        return domain_error_response(exc)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

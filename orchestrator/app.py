@@ -15,7 +15,7 @@ from common.engine import start_engine
 from common.openapi import Route, build_openapi
 from common.protocol import IntegrateRequest, IntegrateResponse, RunRecord
 from common.settings import OrchestratorSettings
-from common.web import ApiError, check_id, error_response, install, parse_body, sse, static_file
+from common.web import ApiError, check_id, error_response, install, metrics_response, parse_body, sse, static_file
 from orchestrator import mcp
 from orchestrator.experts import ExpertRegistry
 from orchestrator.routing import Router
@@ -117,7 +117,7 @@ def create_app(settings: OrchestratorSettings | None = None, llm=None, experts: 
     @app.get("/metrics")
     def metrics_text():
         metrics.waiting.labels("orchestrator").set(getattr(engine, "waiting", 0))
-        return metrics.render()
+        return metrics_response(metrics)
 
     openapi = build_openapi("Conclave orchestrator", VERSION, ROUTES, bool(settings.api_key))
 

@@ -10,9 +10,9 @@ import uuid
 from collections.abc import Callable, Iterator
 
 from common.a2a import Progress
+from common.errors import BadRequest, Busy, Unavailable
 from common.protocol import AgentSkill, IntegrateRequest, IntegrateResponse, RunRecord
 from common.settings import OrchestratorSettings
-from common.web import ApiError
 from orchestrator.compose import Composer, cite
 from orchestrator.experts import ExpertRegistry
 from orchestrator.panel import run_panel
@@ -75,20 +75,19 @@ class Orchestrator:
 
     def _prepare(self, req: IntegrateRequest):
         if not self.engine.ready or self.router is None:
-            raise ApiError(503, f"orchestrator not ready: {self.engine.status}", "service_unavailable", "not_ready",
-                           retry_after=5)
+            raise Unavailable(f"orchestrator not ready: {self.engine.status}", "not_ready", retry_after=5)
         known = self.registry.known()
         if not known:
-            raise ApiError(503, f"no expert reachable (tried: {', '.join(self.registry.urls)})",
-                           "service_unavailable", "no_experts", retry_after=10)
+            raise Unavailable(f"no expert reachable (tried: {', '.join(self.registry.urls)})", "no_experts",
+                              retry_after=10)
         experts = self.registry.select(req.experts, known)
         if not experts:
-            raise ApiError(400, f"none of the experts asked for is known; known experts: "
-                           f"{', '.join(e.name for e in known)}", code="unknown_experts")
+            raise BadRequest(f"none of the experts asked for is known; known experts: "
+                             f"{', '.join(e.name for e in known)}", "unknown_experts")
         ranking = self.router.rank(req.task, experts)
         if not self._run_slots.acquire(blocking=False):  # released when the run ends (_run)
-            raise ApiError(429, f"busy: {self.settings.max_runs} runs in progress, try again shortly",
-                           "rate_limit_error", "too_many_runs", retry_after=10)
+            raise Busy(f"busy: {self.settings.max_runs} runs in progress, try again shortly", "too_many_runs",
+                       retry_after=10)
         return experts, ranking
 
     def integrate(self, req: IntegrateRequest) -> IntegrateResponse:
