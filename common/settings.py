@@ -54,6 +54,10 @@ class EngineSettings(BaseSettings):
     )
     max_batch_size: int = Field(16, ge=1, le=256, description="Rows decoded together by the local engine.")
     max_queue: int = Field(64, ge=1, description="Requests waiting beyond this are refused with 429.")
+    kv_cache_mb: float = Field(
+        1024, gt=0, description="Memory for the local engine's KV cache. A request joins the batch while every "
+        "running row's prompt + max_new_tokens still fits (rows padded to the longest, with the cache's growth "
+        "headroom); otherwise it waits its turn. One request that alone needs more is a 400.")
     max_new_tokens_limit: int = Field(2048, ge=1, description="Upper clamp for any request's max_new_tokens.")
     request_timeout_s: float = Field(600.0, gt=0, description="Generation time limit; past it the request ends 504.")
     cache_dir: Path = Field(DEFAULT_DATA_DIR / "models", description="Where converted GGUF checkpoints are cached.")

@@ -30,6 +30,7 @@ class Decoder:
     """Prefill, decode, merge and select over :class:`Batch`; subclasses supply the forward pass and cache edits."""
 
     device: torch.device
+    kv_bytes_per_token: int  # one row's KV cache for one position: what admission by memory counts
 
     def prefill(self, prompts: list[list[int]], pad_id: int, prefix_lens: list[int] | None = None
                 ) -> tuple[torch.Tensor, Batch]:
@@ -76,6 +77,10 @@ class TransformersDecoder(Decoder):
     def __init__(self, model):
         self.model = model
         self.device = next(model.parameters()).device
+        config = model.config
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.kv_bytes_per_token = 2 * config.num_hidden_layers * heads * head_dim * model.dtype.itemsize
 
     def prefill(self, prompts, pad_id, prefix_lens=None):
         from transformers import DynamicCache

@@ -168,6 +168,7 @@ class LlamaDecoder(Decoder):
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.kv_bytes_per_token = 2 * config.num_hidden_layers * self.kv_heads * self.head_dim * 4
         self.hidden = config.hidden_size
         self.intermediate = config.intermediate_size
         self.eps = config.rms_norm_eps

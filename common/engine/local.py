@@ -77,6 +77,7 @@ class _Row:
 
     gen: Generation
     prompt_ids: list[int]
+    span: int = 0  # prompt + max_new_tokens: the most KV-cache columns this row can need
     prefix_len: int = 0  # leading prompt tokens that render the system message (see _system_prefix_len)
     matcher: object | None = None
     token_ids: list[int] = field(default_factory=list)
@@ -103,6 +104,7 @@ class LocalEngine:
         loader: Callable = load_model,
         threads: int = 0,
         weights: str = "auto",
+        kv_cache_mb: float = 1024,
     ):
         self.model_spec = model
         self.model_name = model
@@ -110,6 +112,8 @@ class LocalEngine:
         self._load_args = (model, dtype, device, cache_dir)
         self._loader = loader
         self._decoder_kind, self._weights = decoder, weights
+        self.kv_cache_bytes = kv_cache_mb * 2**20
+        self._held: _Row | None = None  # taken from the queue, waiting for KV-cache room (see _fits)
         self.threads = threads or max(1, len(os.sched_getaffinity(0)) // 2)
         self._queue: queue.Queue[_Row] = queue.Queue(maxsize=max_queue)
         self._ready = threading.Event()
@@ -132,6 +136,7 @@ class LocalEngine:
             settings.decoder,
             threads=settings.threads,
             weights=settings.weights,
+            kv_cache_mb=settings.kv_cache_mb,
         )
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
@@ -171,7 +176,7 @@ class LocalEngine:
 
     @property
     def waiting(self) -> int:
-        return self._queue.qsize()
+        return self._queue.qsize() + (self._held is not None)
 
     def accepts(self, kind: str) -> bool:
         """Every kind of constraint: xgrammar masks the logits here."""
@@ -214,17 +219,23 @@ class LocalEngine:
         if not self.ready:
             raise EngineNotReady(self.status, retry_after=5)
         prompt_ids = self._tokens(request.messages, generation_prompt=True, tools=request.tools)
-        if len(prompt_ids) + request.max_new_tokens > self.max_positions:
+        span = len(prompt_ids) + request.max_new_tokens
+        if span > self.max_positions:
             raise PromptTooLong(
                 f"prompt of {len(prompt_ids)} tokens plus max_new_tokens {request.max_new_tokens} exceeds the "
                 f"model's context of {self.max_positions} tokens"
             )
+        if self._cache_bytes(1, span) > self.kv_cache_bytes:
+            raise PromptTooLong(
+                f"prompt of {len(prompt_ids)} tokens plus max_new_tokens {request.max_new_tokens} needs "
+                f"{self._cache_bytes(1, span) / 2**20:.0f} MB of KV cache, more than KV_CACHE_MB "
+                f"({self.kv_cache_bytes / 2**20:.0f} MB): ask for fewer tokens")
         matcher = None
         if request.constraint is not None:
             matcher = self.grammars.matcher(self.grammars.compile(request.constraint))
         gen = Generation(request)
         try:
-            self._queue.put_nowait(_Row(gen, prompt_ids, self._system_prefix_len(request, prompt_ids), matcher))
+            self._queue.put_nowait(_Row(gen, prompt_ids, span, self._system_prefix_len(request, prompt_ids), matcher))
         except queue.Full:
             raise EngineOverloaded(f"{self._queue.maxsize} requests are already waiting", retry_after=2) from None
         return gen
@@ -270,7 +281,7 @@ class LocalEngine:
             self._schedule(rows)
         finally:  # stopped, or died: nothing in flight or waiting is left to hang until its timeout
             stopped = EngineNotReady("the engine stopped before this request finished", retry_after=5)
-            for r in rows + self._drain():
+            for r in rows + [self._held] * (self._held is not None) + self._drain():
                 if not r.gen.done:
                     r.gen.fail(stopped)
 
@@ -285,7 +296,7 @@ class LocalEngine:
         """Decode until stopped; ``rows`` (changed in place) are the requests in flight."""
         batch = None
         while not self._stopping.is_set():
-            new = self._admit(block=not rows, room=self.max_batch_size - len(rows))
+            new = self._admit(rows)
             try:
                 with torch.inference_mode():
                     if new:
@@ -316,27 +327,35 @@ class LocalEngine:
                 batch = None
                 self.running_rows = 0
 
-    def _admit(self, block: bool, room: int) -> list[_Row]:
-        new: list[_Row] = []
-        if room <= 0:
-            return new
-        try:
-            if block:
-                new.append(self._queue.get(timeout=0.2))
-            while len(new) < room:
-                new.append(self._queue.get_nowait())
-        except queue.Empty:
-            pass
-        now = time.monotonic()
-        admitted = []
-        for r in new:  # requests that died while they waited never reach the model
-            if r.gen.cancelled:
+    def _admit(self, rows: list[_Row]) -> list[_Row]:
+        """Waiting requests that join the batch now: in arrival order, while there are free rows and the batch's KV
+        cache stays within KV_CACHE_MB. The first one that does not fit is held (not refused) until rows leave."""
+        admitted: list[_Row] = []
+        while len(rows) + len(admitted) < self.max_batch_size:
+            r, self._held = self._held, None
+            if r is None:
+                try:
+                    r = self._queue.get(timeout=0.2) if not rows and not admitted else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if r.gen.cancelled:  # requests that died while they waited never reach the model
                 r.gen.fail(GenerationCancelled("client went away"))
-            elif now > r.gen.deadline:
+            elif time.monotonic() > r.gen.deadline:
                 r.gen.fail(GenerationTimeout("request timed out while waiting in the queue"))
-            else:
+            elif self._fits([*rows, *admitted, r]):
                 admitted.append(r)
+            else:
+                self._held = r
+                break
         return admitted
+
+    def _fits(self, rows: list[_Row]) -> bool:
+        """Whether these rows' KV cache stays within budget at its largest: every row padded to the longest span."""
+        return len(rows) <= 1 or self._cache_bytes(len(rows), max(r.span for r in rows)) <= self.kv_cache_bytes
+
+    def _cache_bytes(self, rows: int, span: int) -> float:
+        # the decoder's cache grows in steps, up to half again what is in use (KVCache.headroom)
+        return rows * span * 1.5 * self.decoder.kv_bytes_per_token
 
     def _last_tokens(self, rows: list[_Row]) -> torch.Tensor:
         # A row that ended on its first step has no token; it is retired before the next decode, so pad stands in.

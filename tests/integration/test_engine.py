@@ -337,3 +337,33 @@ def test_a_constraint_too_slow_to_compile_is_refused_not_waited_for(exact):
     finally:
         exact.grammars.timeout_s = 10.0
     assert exact.submit(ask("Say something.", n=8, constraint=Constraint("regex", slow))).result().finish_reason
+
+
+def test_admission_by_kv_cache_memory_holds_requests_until_rows_leave():
+    """With room in its KV_CACHE_MB for two of these rows, the engine decodes two at a time and the others wait
+    their turn (answered, and answered as alone); a request that alone needs more than the budget is refused."""
+    import threading
+
+    engine = LocalEngine(dtype="float32", cache_dir=MODEL_CACHE, kv_cache_mb=9).start()
+    try:
+        assert engine.wait_ready(600), engine.status
+        per_row = engine._cache_bytes(1, 60) / 2**20
+        assert 2 * per_row <= 9 < 3 * per_row, per_row  # the questions below render to about 35 tokens + 24 new
+        alone = [engine.submit(ask(q)).result().text for q in QUESTIONS[:4]]
+        seen, done = [], threading.Event()
+
+        def watch():
+            while not done.is_set():
+                seen.append(engine.running_rows)
+                time.sleep(0.005)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        together = [g.result().text for g in [engine.submit(ask(q)) for q in QUESTIONS[:4]]]
+        done.set()
+        watcher.join()
+        assert together == alone and max(seen) == 2
+        with pytest.raises(InvalidConstraint, match="KV_CACHE_MB"):
+            engine.submit(ask(QUESTIONS[0], n=400))
+    finally:
+        engine.stop()
