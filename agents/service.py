@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from agents.sessions import SessionStore
 from common.a2a import Progress, agent_card, card_json
 from common.engine import tools
 from common.engine.types import Engine, EngineError, Generation, GenerationResult
+from common.errors import StorageFull
 from common.metrics import Metrics
 from common.protocol import (
     ChatCompletionChunk,
@@ -37,6 +39,8 @@ from common.protocol import (
     error_detail,
 )
 from common.settings import AgentSettings
+
+log = logging.getLogger(__name__)
 
 VERSION = "1.0.0"
 
@@ -93,8 +97,13 @@ class ExpertService:
             grounded = self.knowledge.ground(req.intent, result.text, passages)
             text = grounded.text
             sources = _sources(passages, grounded.cited)
+        stored, warning = True, None
         if req.session_id:
-            self.sessions.append_exchange(self.persona.id, req.session_id, req.intent, text)
+            try:
+                self.sessions.append_exchange(self.persona.id, req.session_id, req.intent, text)
+            except StorageFull as exc:  # the answer is made: give it, and say it was not kept
+                log.error("session %s: %s", req.session_id, exc)
+                stored, warning = False, str(exc)
         self.metrics.tokens.labels(self.metrics.service).inc(result.completion_tokens)
         return ChatResponse(
             response=text,
@@ -105,6 +114,8 @@ class ExpertService:
             finish_reason=result.finish_reason,
             elapsed_ms=int(result.elapsed_s * 1000),
             sources=sources,
+            stored=stored,
+            warning=warning,
         )
 
     def chat(self, req: ChatRequest) -> ChatResponse:
@@ -122,7 +133,10 @@ class ExpertService:
                     yield "sources", {"sources": [s.model_dump() for s in _sources(passages, [])]}
                 for delta in gen:
                     yield "delta", {"delta": delta}
-                yield "done", self._chat_response(req, gen.result(), passages).model_dump()
+                response = self._chat_response(req, gen.result(), passages)
+                yield "done", response.model_dump()
+                if not response.stored:  # the stream ends with the reason the session did not keep it
+                    yield "error", _error_body(StorageFull(response.warning or "", "storage_full"))
             except EngineError as exc:
                 yield "error", _error_body(exc)
 
@@ -218,8 +232,10 @@ class ExpertService:
             elif event == "delta" and not grounded:
                 streamed = True
                 yield Progress("delta", data["delta"])
-            elif event == "done" and (grounded or not streamed):
-                yield Progress("delta", data["response"])
+            elif event == "done":  # the answer ends the task, whether or not the session could keep it
+                if grounded or not streamed:
+                    yield Progress("delta", data["response"])
+                return
             elif event == "error":
                 raise RuntimeError(data["error"]["message"])
 
@@ -246,5 +262,5 @@ def _usage(result: GenerationResult) -> Usage:
                  total_tokens=result.prompt_tokens + result.completion_tokens)
 
 
-def _error_body(exc: EngineError) -> dict:
+def _error_body(exc: EngineError | StorageFull) -> dict:
     return {"error": error_detail(exc).model_dump()}

@@ -45,7 +45,7 @@ class SessionStore(SqliteStore):
     def append_exchange(self, persona: str, session_id: str, question: str, answer: str) -> None:
         """Store a question and its answer together: both or neither."""
         now = time.time()
-        with closing(self._connect()) as db, db:
+        with self._write() as db:
             db.executemany(
                 "INSERT INTO turns (session_id, persona, role, content, created_at) VALUES (?, ?, ?, ?, ?)",
                 [(session_id, persona, "user", question, now), (session_id, persona, "assistant", answer, now)],
@@ -54,5 +54,5 @@ class SessionStore(SqliteStore):
                 db.execute("DELETE FROM turns WHERE created_at < ?", (now - self.retain_s,))
 
     def clear(self, persona: str, session_id: str) -> int:
-        with closing(self._connect()) as db, db:
+        with self._write() as db:
             return db.execute("DELETE FROM turns WHERE persona = ? AND session_id = ?", (persona, session_id)).rowcount

@@ -30,3 +30,7 @@ class Unavailable(ServiceError):
 
 class Busy(ServiceError):
     """The service is at capacity; ``retry_after`` says when to try again."""
+
+
+class StorageFull(ServiceError):
+    """A store could not be written: the disk (or the database's quota) is full. What was already stored is kept."""

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from common.engine import types as engine_errors
 from common.engine.tools import tool_constraint
 from common.engine.types import Constraint, GenerationRequest
-from common.errors import BadRequest, Busy, NotFound, ServiceError, Unavailable
+from common.errors import BadRequest, Busy, NotFound, ServiceError, StorageFull, Unavailable
 
 MAX_STOP_STRINGS = 8
 MAX_STOP_CHARS = 64
@@ -52,7 +52,7 @@ class ErrorResponse(BaseModel):
 # The wire type of each domain error (OpenAI's names where it has one); the most specific class listed first wins.
 ERROR_TYPES: dict[type, str] = {
     BadRequest: "invalid_request_error", NotFound: "not_found", Unavailable: "service_unavailable",
-    Busy: "rate_limit_exceeded",
+    Busy: "rate_limit_exceeded", StorageFull: "storage_full",
     engine_errors.EngineNotReady: "service_unavailable", engine_errors.EngineOverloaded: "rate_limit_exceeded",
     engine_errors.GenerationTimeout: "timeout", engine_errors.InvalidConstraint: "invalid_request_error",
     engine_errors.RequestRejected: "invalid_request_error", engine_errors.GenerationCancelled: "cancelled",
@@ -138,6 +138,9 @@ class ChatResponse(BaseModel):
     finish_reason: str
     elapsed_ms: int
     sources: list[Source] = Field([], description="The passages retrieved for the question, numbered as cited.")
+    stored: bool = Field(True, description="False when the exchange could not be added to the session (a full "
+                         "disk): the answer is still given, and `warning` says why.")
+    warning: str | None = None
 
 
 class KnowledgeUpload(Lenient):
@@ -583,6 +586,9 @@ class IntegrateResponse(BaseModel):
     attribution: list[Attribution] = Field([], description="The final answer sentence by sentence, with its experts.")
     checks: CompositionChecks = Field(CompositionChecks(), description="What the composer measured.")
     sources: list[Citation] = Field([], description="The experts' sources the answer cites, numbered as cited.")
+    stored: bool = Field(True, description="False when the run could not be saved (a full disk): the answer is still "
+                         "given, `GET /runs/<run_id>` will not find it, and `warning` says why.")
+    warning: str | None = None
 
 
 class RunRecord(IntegrateResponse):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
+
+from common.errors import StorageFull
 
 
 class UnusableDatabase(RuntimeError):
@@ -26,6 +29,19 @@ class SqliteStore:
         except sqlite3.DatabaseError as exc:  # not a database, or a damaged one: say which file and what to do
             raise UnusableDatabase(f"{self.path} is not a usable SQLite database ({exc}); move it aside (the service "
                                    "starts a new one) or restore it from a backup") from None
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. A full disk rolls it back (nothing stored before is touched) and is a
+        StorageFull naming the file, instead of SQLite's bare OperationalError."""
+        try:
+            with closing(self._connect()) as db, db:
+                yield db
+        except sqlite3.OperationalError as exc:
+            if "full" not in str(exc) and "disk I/O" not in str(exc):
+                raise
+            raise StorageFull(f"could not write {self.path} ({exc}): free space where DATA_DIR points",
+                              "storage_full") from None
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30)

@@ -32,7 +32,7 @@ from common.engine.types import (
     RequestRejected,
     UpstreamError,
 )
-from common.errors import BadRequest, Busy, NotFound, ServiceError, Unavailable
+from common.errors import BadRequest, Busy, NotFound, ServiceError, StorageFull, Unavailable
 from common.metrics import Metrics
 from common.protocol import ID_PATTERN, ErrorDetail, ErrorResponse, error_detail
 from common.settings import WebSettings
@@ -66,7 +66,7 @@ class ApiError(Exception):
 # The one mapping of domain errors (the services' and the engine's) onto HTTP statuses; the most specific class
 # listed first wins. Their wire types come from common.protocol.error_detail.
 HTTP_STATUS: dict[type, int] = {
-    BadRequest: 400, NotFound: 404, Unavailable: 503, Busy: 429,
+    BadRequest: 400, NotFound: 404, Unavailable: 503, Busy: 429, StorageFull: 507,
     EngineNotReady: 503, EngineOverloaded: 429, GenerationTimeout: 504, InvalidConstraint: 400,
     RequestRejected: 400, GenerationCancelled: 499, ConstraintViolated: 502, UpstreamError: 502,
 }

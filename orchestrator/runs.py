@@ -31,7 +31,7 @@ class RunStore(SqliteStore):
     def _fail_interrupted(self) -> None:
         """A run still 'running' when the service starts was cut off by a crash or a restart: it will never end, so
         it is marked failed, with the reason, instead of running for ever in /runs."""
-        with closing(self._connect()) as db, db:
+        with self._write() as db:
             rows = db.execute("SELECT record FROM runs WHERE status = 'running'").fetchall()
             for (raw,) in rows:
                 record = RunRecord.model_validate(json.loads(raw)).model_copy(update={
@@ -40,7 +40,7 @@ class RunStore(SqliteStore):
                            (record.status, record.model_dump_json(), record.run_id))
 
     def save(self, record: RunRecord) -> None:
-        with closing(self._connect()) as db, db:
+        with self._write() as db:
             db.execute(
                 "INSERT INTO runs (run_id, created_at, status, record) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(run_id) DO UPDATE SET status = excluded.status, record = excluded.record",

@@ -10,8 +10,9 @@ import uuid
 from collections.abc import Callable, Iterator
 
 from common.a2a import Progress
-from common.errors import BadRequest, Busy, Unavailable
-from common.protocol import AgentSkill, IntegrateRequest, IntegrateResponse, RunRecord
+from common.engine.types import EngineError
+from common.errors import BadRequest, Busy, ServiceError, StorageFull, Unavailable
+from common.protocol import AgentSkill, IntegrateRequest, IntegrateResponse, RunRecord, error_detail
 from common.settings import OrchestratorSettings
 from orchestrator.compose import Composer, cite
 from orchestrator.experts import ExpertRegistry
@@ -131,7 +132,11 @@ class Orchestrator:
                                      synthesis_ms=composition.synthesis_ms, merge=composition.merge,
                                      attribution=composition.attribution, checks=composition.checks,
                                      sources=sources, elapsed_ms=int((time.perf_counter() - started) * 1000))
-        self.runs.save(RunRecord(**response.model_dump(), task=req.task, created_at=created, status="done"))
+        try:
+            self.runs.save(RunRecord(**response.model_dump(), task=req.task, created_at=created, status="done"))
+        except StorageFull as exc:  # the answer is made: give it, and say it was not kept
+            log.error("run %s: %s", run_id, exc)
+            response = response.model_copy(update={"stored": False, "warning": str(exc)})
         return response
 
     # ---- A2A ------------------------------------------------------------------------------------------------------
@@ -146,8 +151,9 @@ class Orchestrator:
                 yield Progress("status", f"asking {data['expert']}: {data['reason'] or data['thought']}")
             elif event == "observation":
                 yield Progress("status", f"{data['expert']} answered" if data["ok"] else data["observation"])
-            elif event == "final":
+            elif event == "final":  # the answer ends the task, whether or not the run log could keep it
                 yield Progress("delta", data["response"])
+                return
             elif event == "error":
                 raise RuntimeError(data["error"]["message"])
 
@@ -159,22 +165,28 @@ class Orchestrator:
 
         def work() -> None:
             try:
-                events.put(("final", self._run(req, experts, ranking, lambda e, d: events.put((e, d)),
-                                               cancelled).model_dump()))
+                response = self._run(req, experts, ranking, lambda e, d: events.put((e, d)), cancelled)
+                events.put(("final", response.model_dump()))
+                if not response.stored:  # the stream ends with the reason the run was not kept
+                    events.put(("error", {"error": error_detail(StorageFull(response.warning or "",
+                                                                            "storage_full")).model_dump()}))
+            except (ServiceError, EngineError) as exc:
+                events.put(("error", {"error": error_detail(exc).model_dump()}))
             except Exception as exc:
                 events.put(("error", {"error": {"message": str(exc), "type": "server_error", "code": None}}))
+            finally:
+                events.put(_END)
 
         threading.Thread(target=work, daemon=True, name="integrate-stream").start()
 
         def stream() -> Iterator[tuple[str, object]]:
-            while True:
-                event, data = events.get()
-                yield event, data
-                if event in ("final", "error"):
-                    return
+            while (item := events.get()) is not _END:
+                yield item
 
         return stream()
 
+
+_END = ("end", None)  # after a run's last event: what integrate_events' reader stops at
 
 PANEL_SKILL = AgentSkill(
     id="expert-panel", name="Expert panel",

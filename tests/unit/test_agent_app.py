@@ -272,3 +272,23 @@ def test_only_the_persona_own_prompt_is_offered_to_the_prefix_cache(client, engi
         client.post("/v1/chat/completions", json={"messages": [{"role": role, "content": f"Be brief {role}."},
                                                                {"role": "user", "content": "hi"}]})
         assert not engine.requests[-1].cache_prefix and engine.requests[-1].messages[0]["role"] == "system"
+
+
+def test_an_answer_the_session_cannot_keep_is_still_given_and_says_so(client):
+    """A full disk under the session store: /chat answers with stored false and the reason; a stream sends its done
+    event, then the error; the history already stored is still there."""
+    from common.errors import StorageFull
+
+    assert client.post("/chat", json={"intent": "first", "session_id": "s"}).status_code == 200
+    sessions = client.application.extensions["expert"].sessions
+
+    def full(*args):
+        raise StorageFull("could not write sessions.sqlite3 (database or disk is full)", "storage_full")
+
+    sessions.append_exchange = full
+    body = client.post("/chat", json={"intent": "second", "session_id": "s"}).get_json()
+    assert body["response"] and body["stored"] is False and "disk is full" in body["warning"]
+    events = sse_events(client.post("/chat", json={"intent": "third", "session_id": "s", "stream": True}))
+    assert [e for e, _ in events][-2:] == ["done", "error"]
+    assert json.loads(events[-1][1])["error"]["type"] == "storage_full"
+    assert [t["content"] for t in client.get("/sessions/s").get_json()["turns"]][0] == "first"

@@ -490,3 +490,55 @@ def test_a_damaged_database_is_named_with_what_to_do():
         path.write_bytes(b"this is not a database" * 100)
         with pytest.raises(UnusableDatabase, match="runs.sqlite3 is not a usable SQLite database.*move it aside"):
             RunStore(path)
+
+
+def test_a_full_disk_keeps_what_was_stored_and_says_so(tmp_path, live_expert):
+    """SQLite's own 'database or disk is full' (its page limit reached) is a StorageFull naming the file, and the
+    rows written before it are intact. A run whose record cannot be saved still gives its answer, says it was not
+    stored, and a stream ends with the reason; a run that cannot even be started is a 507."""
+    from common.errors import StorageFull
+    from common.protocol import RunRecord
+    from orchestrator.runs import RunStore
+
+    store = RunStore(tmp_path / "full.sqlite3")
+    connect = store._connect
+
+    def small_disk():
+        db = connect()
+        db.execute("PRAGMA max_page_count = 8")
+        return db
+
+    store._connect = small_disk
+    saved = []
+    with pytest.raises(StorageFull, match="full.sqlite3"):
+        for i in range(1000):
+            record = RunRecord(response="x" * 2000, run_id=f"r{i}", strategy="react", experts=[], steps=[],
+                               elapsed_ms=0, task="t", created_at=i, status="done")
+            store.save(record)
+            saved.append(record.run_id)
+    assert saved and [r.run_id for r in store.list(limit=1000)] == saved[::-1]
+
+    law = live_expert("law_expert", "Law.")
+    client, _ = make_client(tmp_path, [law.url], [step("Ask.", "law_expert", LAW_TASK)] * 3)
+    runs = client.application.extensions["orchestrator"].runs
+    save = runs.save
+
+    def full_at_the_end(record):
+        if record.status == "done":
+            raise StorageFull("could not write runs.sqlite3 (database or disk is full)", "storage_full")
+        save(record)
+
+    runs.save = full_at_the_end
+    body = client.post("/integrate", json={"task": LAW_TASK}).get_json()
+    assert body["response"] == "Law." and body["stored"] is False and "disk is full" in body["warning"]
+    streamed = client.post("/integrate", json={"task": LAW_TASK, "stream": True}).get_data(as_text=True)
+    blocks = streamed.strip().split("\n\n")
+    assert [b.split("\n")[0].removeprefix("event: ") for b in blocks][-2:] == ["final", "error"]
+    assert json.loads(blocks[-1].split("data: ", 1)[1])["error"]["type"] == "storage_full"
+
+    def full(record):
+        raise StorageFull("could not write runs.sqlite3 (database or disk is full)", "storage_full")
+
+    runs.save = full
+    resp = client.post("/integrate", json={"task": LAW_TASK})
+    assert resp.status_code == 507 and resp.get_json()["error"]["type"] == "storage_full"
