@@ -219,3 +219,34 @@ def test_pages_run_only_their_own_files_under_a_strict_policy(service, expert, t
         policy = resp.headers["Content-Security-Policy"]
         assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy and "'unsafe-inline'" not in policy
         assert resp.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.parametrize("service", ["expert", "orchestrator"])
+def test_without_the_key_every_route_but_the_open_ones_is_a_401(service, tmp_path):
+    """Every rule in the URL map, each method, with its path parameters filled in, and the mounted A2A and MCP
+    endpoints: 401 without the key; only /health, the page and its static files are open."""
+    import re
+
+    if service == "expert":
+        client = expert_app(AgentSettings(persona="law_expert", data_dir=tmp_path, api_key="k"), FakeEngine()
+                            ).test_client()
+    else:
+        client = create_orchestrator(
+            OrchestratorSettings(expert_urls="http://127.0.0.1:9", data_dir=tmp_path, retries=0, api_key="k"),
+            llm=ScriptedEngine([]), router_factory=lambda: Router(KeywordEmbedder()),
+            judge_factory=KeywordEmbedder).test_client()
+    open_paths = {"/health", "/"}
+    checked = 0
+    for rule in client.application.url_map.iter_rules():
+        path = re.sub(r"<(?:[^:>]+:)?[^>]+>", "x", rule.rule)
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            resp = client.open(path, method=method, json={})
+            if path in open_paths or path.startswith("/static"):
+                assert resp.status_code != 401, (method, path)
+            else:
+                assert resp.status_code == 401, (method, path, resp.status_code)
+                assert_error_shape(resp)
+                checked += 1
+    for mounted in ("/a2a", "/mcp") if service == "orchestrator" else ("/a2a",):
+        assert client.post(mounted, json={"jsonrpc": "2.0", "id": 1, "method": "x"}).status_code == 401, mounted
+    assert checked >= 8
