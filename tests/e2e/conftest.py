@@ -36,6 +36,7 @@ def page(browser):
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" and "Content Security" in m.text
             else None)
     page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.problems = problems  # a test that provokes the policy on purpose takes its own reports off
     yield page
     context.close()
     assert not problems, problems
