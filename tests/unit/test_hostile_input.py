@@ -41,6 +41,14 @@ def expert(tmp_path_factory):
     return app.test_client(), engine
 
 
+def orchestrator_client(tmp_path, **settings):
+    """An orchestrator on fakes whose one expert is unreachable: its HTTP layer is what these tests exercise."""
+    return create_orchestrator(
+        OrchestratorSettings(expert_urls="http://127.0.0.1:9", data_dir=tmp_path, retries=0, **settings),
+        llm=ScriptedEngine([]), router_factory=lambda: Router(KeywordEmbedder()),
+        judge_factory=KeywordEmbedder).test_client()
+
+
 def assert_error_shape(resp):
     body = resp.get_json()
     assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "code"}
@@ -91,11 +99,8 @@ def test_pathological_bodies(expert, raw):
     "experts": st.lists(st.text(max_size=10), max_size=3) | json_values,
 }))
 def test_random_integrate_bodies_never_5xx(tmp_path_factory, body):
-    app = create_orchestrator(
-        OrchestratorSettings(expert_urls="http://127.0.0.1:9", data_dir=tmp_path_factory.mktemp("o"), retries=0),
-        llm=ScriptedEngine([]), router_factory=lambda: Router(KeywordEmbedder()),
-        judge_factory=KeywordEmbedder)
-    resp = app.test_client().post("/integrate", data=json.dumps(body), content_type="application/json")
+    client = orchestrator_client(tmp_path_factory.mktemp("o"))
+    resp = client.post("/integrate", data=json.dumps(body), content_type="application/json")
     assert resp.status_code in (400, 503), resp.get_data(as_text=True)  # no expert is up: 503 once input is valid
     assert_error_shape(resp)
 
@@ -178,10 +183,7 @@ def test_every_route_in_the_url_map_is_in_the_openapi_document(service, expert, 
     if service == "expert":
         client = expert[0]
     else:
-        client = create_orchestrator(
-            OrchestratorSettings(expert_urls="http://127.0.0.1:9", data_dir=tmp_path, retries=0),
-            llm=ScriptedEngine([]), router_factory=lambda: Router(KeywordEmbedder()),
-            judge_factory=KeywordEmbedder).test_client()
+        client = orchestrator_client(tmp_path)
     app = client.application
     documented = {(path, method) for path, ops in client.get("/openapi.json").get_json()["paths"].items()
                   for method in ops}
@@ -202,10 +204,7 @@ def test_pages_run_only_their_own_files_under_a_strict_policy(service, expert, t
     if service == "expert":
         client = expert[0]
     else:
-        client = create_orchestrator(
-            OrchestratorSettings(expert_urls="http://127.0.0.1:9", data_dir=tmp_path, retries=0),
-            llm=ScriptedEngine([]), router_factory=lambda: Router(KeywordEmbedder()),
-            judge_factory=KeywordEmbedder).test_client()
+        client = orchestrator_client(tmp_path)
     page = client.get("/")
     html = page.get_data(as_text=True)
     assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), "an inline <script>"
@@ -231,10 +230,7 @@ def test_without_the_key_every_route_but_the_open_ones_is_a_401(service, tmp_pat
         client = expert_app(AgentSettings(persona="law_expert", data_dir=tmp_path, api_key="k"), FakeEngine()
                             ).test_client()
     else:
-        client = create_orchestrator(
-            OrchestratorSettings(expert_urls="http://127.0.0.1:9", data_dir=tmp_path, retries=0, api_key="k"),
-            llm=ScriptedEngine([]), router_factory=lambda: Router(KeywordEmbedder()),
-            judge_factory=KeywordEmbedder).test_client()
+        client = orchestrator_client(tmp_path, api_key="k")
     open_paths = {"/health", "/"}
     checked = 0
     for rule in client.application.url_map.iter_rules():
