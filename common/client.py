@@ -47,7 +47,10 @@ class ExpertClient:
         try:
             return self._http.request(method, url, headers=self._headers, timeout=timeout or self.timeout, **kwargs)
         except requests.ConnectionError as exc:
-            raise ExpertError(self.name, f"cannot connect to {url} ({_short(exc)})") from None
+            # urllib3 says 'Connection aborted' when the request went out and the connection broke before the
+            # answer was read: the expert may have acted on it (so it is not sent again, see Retry above)
+            what = "lost the connection to" if "aborted" in str(exc) else "cannot connect to"
+            raise ExpertError(self.name, f"{what} {url} ({_short(exc)})") from None
         except requests.Timeout:
             raise ExpertError(self.name, f"no answer from {url} within {self.timeout[1]:g}s") from None
         except requests.RequestException as exc:

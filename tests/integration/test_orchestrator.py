@@ -131,3 +131,33 @@ def test_orchestrator_before_experts_reports_them_missing_then_recovers(tmp_path
 def test_bad_input_over_real_http(orchestrator, body, status):
     resp = requests.post(f"{orchestrator.url}/integrate", json=body, timeout=30)
     assert resp.status_code == status and "message" in resp.json()["error"]
+
+
+def test_a_connection_reset_mid_answer_is_not_sent_again_and_the_run_ends(tmp_path, law_expert):
+    """A proxy resets the orchestrator's /chat connection after the answer's first bytes: the expert received the
+    request exactly once (a POST that reached it is never retried), the failed step names the expert, and the run
+    ends well within RUN_TIMEOUT with an honest answer."""
+    import time
+
+    from harness.faults import ResettingProxy
+
+    def chats() -> float:
+        text = requests.get(f"{law_expert.url}/metrics", timeout=10).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("conclave_requests_total") and 'route="/chat"' in line)
+
+    proxy = ResettingProxy(law_expert.port, lambda request: request.startswith(b"POST /chat"))
+    service = orchestrator_service(tmp_path, [proxy.url], env={"RUN_TIMEOUT": "120"}).start()
+    try:
+        before = chats()
+        started = time.monotonic()
+        body = integrate(service, task="What is a contract?").json()
+        elapsed = time.monotonic() - started
+        assert proxy.resets == 1 and chats() - before == 1
+        failed = [s for s in body["steps"] if not s["ok"]]
+        assert failed and failed[0]["expert"] == "law_expert" and "law_expert" in failed[0]["observation"]
+        assert "lost the connection" in failed[0]["observation"]
+        assert body["merge"] == "none" and elapsed < 120
+    finally:
+        service.stop()
+        proxy.close()
