@@ -70,6 +70,9 @@ def create_app(settings: AgentSettings | None = None, engine=None, embedder=None
     service = ExpertService(settings, persona, engine, sessions, metrics, knowledge)
     app.extensions["expert"] = service
     app.extensions["engine"] = engine
+    # on SIGTERM (common/serve.py): the engine fails what it is decoding and what waits, so a /chat stream in flight
+    # ends with an error event at once instead of being cut when gunicorn's grace period runs out
+    app.extensions["shutdown"] = [engine.stop]
 
     def require_ready() -> None:
         if not engine.ready:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -45,7 +46,26 @@ class _Server(BaseApplication):
         app = self._factory()  # in the worker, after fork: the model's threads live there
         threading.Thread(target=_exit_if_failed, args=(app.extensions["engine"],), name="engine-watch",
                          daemon=True).start()
+        _shutdown_on_sigterm(app.extensions.get("shutdown", []))
         return Admission(app, self._max_in_flight)
+
+
+def _shutdown_on_sigterm(hooks: list[Callable[[], None]]) -> None:
+    """Run the app's shutdown hooks when the worker is told to stop, before gunicorn's own graceful exit: streams
+    in flight then end with an error event saying why, instead of being cut when the grace period runs out.
+    (Gunicorn's worker installs its handlers before it loads the app, so ours wraps its SIGTERM handler.)"""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handle(signum, frame) -> None:
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:  # one failing hook must not keep the process from stopping
+                log.exception("shutdown hook failed")
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, handle)
 
 
 def _exit_if_failed(engine) -> None:

@@ -57,6 +57,7 @@ def create_app(settings: OrchestratorSettings | None = None, llm=None, experts: 
     service = Orchestrator(settings, engine, experts, router_factory, runs, judge_factory or Embedder)
     app.extensions["orchestrator"] = service
     app.extensions["engine"] = engine
+    app.extensions["shutdown"] = [service.shutdown, engine.stop]  # on SIGTERM (common/serve.py)
 
     def card(base_url: str):
         return a2a.agent_card("Conclave panel", "A panel of expert agents that answers as one.",

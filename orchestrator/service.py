@@ -52,6 +52,8 @@ class Orchestrator:
         self.judge: Callable | None = None  # the composer's embedder (MiniLM): its gates are calibrated on it
         self.router_error: str | None = None
         self._run_slots = threading.BoundedSemaphore(settings.max_runs)
+        self.closing = False
+        self._streams: set[Callable[[], None]] = set()  # ends each open stream (shutdown)
         threading.Thread(target=self._load_router, args=(router_factory, judge_factory), daemon=True,
                          name="router-load").start()
 
@@ -74,7 +76,17 @@ class Orchestrator:
         }
         return brain_ready and len(missing) < len(statuses), detail
 
+    def shutdown(self) -> None:
+        """The service is stopping (SIGTERM): take no new run, and end every streamed one now with an error event
+        saying so. Each run is cancelled too (no further expert is asked); one that cannot record its failure before
+        the process ends is marked failed at the next start."""
+        self.closing = True
+        for end in list(self._streams):
+            end()
+
     def _prepare(self, req: IntegrateRequest):
+        if self.closing:
+            raise Unavailable("the orchestrator is shutting down", "shutting_down", retry_after=5)
         if not self.engine.ready or self.router is None:
             raise Unavailable(f"orchestrator not ready: {self.engine.status}", "not_ready", retry_after=5)
         known = self.registry.known()
@@ -162,6 +174,16 @@ class Orchestrator:
         """Run in the background and yield its events as they happen, ending with ``final`` or ``error``."""
         experts, ranking = self._prepare(req)  # errors here are plain HTTP errors, before the stream starts
         events: queue.Queue = queue.Queue()
+        cancelled = cancelled or threading.Event()
+
+        def end_for_shutdown() -> None:
+            cancelled.set()
+            events.put(("error", {"error": error_detail(Unavailable(
+                "the orchestrator is shutting down: this run was stopped", "shutting_down", retry_after=5)
+            ).model_dump()}))
+            events.put(_END)
+
+        self._streams.add(end_for_shutdown)
 
         def work() -> None:
             try:
@@ -180,8 +202,11 @@ class Orchestrator:
         threading.Thread(target=work, daemon=True, name="integrate-stream").start()
 
         def stream() -> Iterator[tuple[str, object]]:
-            while (item := events.get()) is not _END:
-                yield item
+            try:
+                while (item := events.get()) is not _END:
+                    yield item
+            finally:
+                self._streams.discard(end_for_shutdown)
 
         return stream()
 

@@ -169,3 +169,28 @@ def test_sessions_survive_a_restart_and_auth_guards_them(tmp_path):
         assert requests.get(f"{service.url}/health", timeout=10).status_code == 200
     finally:
         service.stop()
+
+
+def test_sigterm_during_a_streamed_chat_ends_it_with_an_error_event(tmp_path):
+    """Stopping an expert while it streams: the engine fails what it decodes, so the stream ends with an error event
+    at once (not cut off when gunicorn's grace period runs out)."""
+    import os
+    import signal
+    import time
+
+    service = expert("ai_expert", tmp_path).start()
+    try:
+        events = []
+        with requests.post(f"{service.url}/chat", stream=True, timeout=120, json={
+                "intent": "Explain neural networks in detail.", "stream": True, "max_new_tokens": 1500,
+                "min_new_tokens": 1500, "loop_guard": False}) as resp:
+            for line in resp.iter_lines(decode_unicode=True):
+                if line.startswith("event: "):
+                    events.append(line[7:])
+                    if line == "event: delta" and events.count("delta") == 1:
+                        os.killpg(service.proc.pid, signal.SIGTERM)
+                        stopped_at = time.monotonic()
+        assert events[-1] == "error" and "done" not in events, events[-3:]
+        assert time.monotonic() - stopped_at < 5
+    finally:
+        service.stop()

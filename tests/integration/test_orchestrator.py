@@ -161,3 +161,35 @@ def test_a_connection_reset_mid_answer_is_not_sent_again_and_the_run_ends(tmp_pa
     finally:
         service.stop()
         proxy.close()
+
+
+def test_sigterm_during_a_stream_ends_it_with_an_error_event_and_no_run_stays_running(tmp_path, law_expert):
+    """Stopping the orchestrator (SIGTERM, as docker and honcho do) while a run streams: the stream ends at once
+    with an error event saying why, and after a restart the run is failed, not 'running' for ever."""
+    import os
+    import signal
+    import time
+
+    service = orchestrator_service(tmp_path, [law_expert.url]).start()
+    try:
+        events, run_id = [], None
+        with requests.post(f"{service.url}/integrate", stream=True, timeout=120,
+                           json={"task": "What is a contract?", "stream": True}) as resp:
+            for line in resp.iter_lines(decode_unicode=True):
+                if line.startswith("event: "):
+                    events.append(line[7:])
+                    if line == "event: action":
+                        os.killpg(service.proc.pid, signal.SIGTERM)
+                        stopped_at = time.monotonic()
+                elif line.startswith("data: ") and run_id is None:
+                    run_id = json.loads(line[6:])["run_id"]
+                elif line.startswith("data: ") and events[-1] == "error":
+                    error = json.loads(line[6:])["error"]
+        assert events[-1] == "error" and "shutting down" in error["message"], events
+        assert time.monotonic() - stopped_at < 5
+        service.proc.wait(30)
+        service.start()
+        record = requests.get(f"{service.url}/runs/{run_id}", timeout=10).json()
+        assert record["status"] == "failed", record["status"]
+    finally:
+        service.stop()
