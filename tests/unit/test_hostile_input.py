@@ -246,3 +246,47 @@ def test_without_the_key_every_route_but_the_open_ones_is_a_401(service, tmp_pat
     for mounted in ("/a2a", "/mcp") if service == "orchestrator" else ("/a2a",):
         assert client.post(mounted, json={"jsonrpc": "2.0", "id": 1, "method": "x"}).status_code == 401, mounted
     assert checked >= 8
+
+
+def _routes(client) -> list[tuple[str, str]]:
+    """(method, rule) for every rule of the app's URL map, with the mounted A2A/MCP endpoints."""
+    rules = client.application.url_map.iter_rules()
+    found = [(m, r.rule) for r in rules for m in sorted(r.methods - {"HEAD", "OPTIONS"})]
+    mounted = ["/a2a", "/mcp"] if "orchestrator" in client.application.extensions else ["/a2a"]
+    return found + [("POST", path) for path in mounted]
+
+
+@pytest.fixture(scope="module")
+def both_services(tmp_path_factory):
+    expert_client = expert_app(AgentSettings(persona="law_expert", data_dir=tmp_path_factory.mktemp("fx"),
+                                             api_key="k"), FakeEngine()).test_client()
+    return {"expert": expert_client, "orchestrator": orchestrator_client(tmp_path_factory.mktemp("fo"), api_key="k")}
+
+
+@FAST
+@given(data=st.data())
+def test_every_route_fuzzed_answers_in_the_error_shape_and_fast(both_services, data):
+    """Any route of either service (its URL map, path parameters filled with random text), any method it takes,
+    random JSON or bytes and query strings, with the key: never a server error, always within 2 s, and every error
+    in the one shape."""
+    import re
+    import time
+
+    service = data.draw(st.sampled_from(sorted(both_services)))
+    client = both_services[service]
+    method, rule = data.draw(st.sampled_from(_routes(client)))
+    path = re.sub(r"<(?:[^:>]+:)?[^>]+>", lambda _: data.draw(st.text(
+        st.characters(codec="utf-8", exclude_characters="/?#"), min_size=1, max_size=20)), rule)
+    query = data.draw(st.dictionaries(st.sampled_from(["limit", "stream", "x", "session_id"]),
+                                      st.text(max_size=10), max_size=2))
+    body = data.draw(json_values | st.binary(max_size=100).map(lambda b: b.decode("latin-1")))
+    started = time.perf_counter()
+    resp = client.open(path, method=method, query_string=query, data=json.dumps(body),
+                       content_type="application/json", headers={"Authorization": "Bearer k"})
+    # no server error; a 503 (the orchestrator's one expert is unreachable here) is an answer, with its Retry-After
+    assert resp.status_code < 500 or (resp.status_code == 503 and resp.headers.get("Retry-After")), (
+        method, path, resp.status_code, resp.get_data(as_text=True)[:300])
+    assert time.perf_counter() - started < 2, (method, path)
+    if resp.status_code >= 400 and resp.mimetype == "application/json" and rule not in ("/a2a", "/mcp"):
+        error = resp.get_json()["error"]
+        assert set(error) == {"message", "type", "code"} and "Traceback" not in error["message"]
