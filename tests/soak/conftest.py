@@ -34,6 +34,12 @@ def soak_note():
     return note
 
 
+@pytest.fixture
+def soak_rows():
+    """What was recorded so far, by run name: a test checks its own outcomes there."""
+    return ROWS
+
+
 def pytest_terminal_summary(terminalreporter):
     if not ROWS:
         return

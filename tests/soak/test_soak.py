@@ -74,6 +74,93 @@ def test_64_concurrent_chats_against_one_expert(stack, soak_record, soak_note):
     assert after < idle * 1.25 + 100  # memory goes back near idle once the burst is over
 
 
+def test_three_times_the_threads_of_slow_streaming_chats_while_probes_answer(stack, soak_record, soak_note,
+                                                                             soak_rows):
+    """3 x the HTTP threads (MAX_IN_FLIGHT 48 + 16 spare) of streamed /chat at once, each read slowly, while /health
+    and /ready are polled every 250 ms: every request ends 200 or 429 with Retry-After, the probes stay under 1 s at
+    p99, and memory goes back near idle."""
+    import threading
+
+    ai = stack["ai"]
+    timed_post(f"{ai.url}/chat", {"intent": "warm up", "max_new_tokens": 8})
+    idle = ai.rss_mb()
+    probes: list[float] = []
+    probe_errors: list[str] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            for path in ("/health", "/ready"):
+                started = time.perf_counter()
+                try:
+                    status = requests.get(f"{ai.url}{path}", timeout=10).status_code
+                    if status != 200:
+                        probe_errors.append(f"{path} {status}")
+                except requests.RequestException as exc:
+                    probe_errors.append(f"{path} {type(exc).__name__}")
+                probes.append(time.perf_counter() - started)
+            time.sleep(0.25)
+
+    def slow_stream(i: int) -> None:
+        started = time.perf_counter()
+        try:
+            with requests.post(f"{ai.url}/chat", stream=True, timeout=LIMIT_S, json={
+                    "intent": f"Question {i}: what is a compiler?", "max_new_tokens": 24, "stream": True}) as resp:
+                if resp.status_code == 200:
+                    for _ in resp.iter_content(chunk_size=64):
+                        time.sleep(0.05)  # a slow reader holds its thread
+                error = check_outcome(resp.status_code, dict(resp.headers), resp.text if resp.status_code != 200
+                                      else "")
+                soak_record("192 slow streams (one expert)", resp.status_code, time.perf_counter() - started, error)
+        except requests.RequestException as exc:
+            soak_record("192 slow streams (one expert)", 0, None, f"{type(exc).__name__}: {exc}")
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    with ThreadPoolExecutor(192) as pool:
+        list(pool.map(slow_stream, range(192)))
+    done.set()
+    poller.join()
+    time.sleep(2)
+    after = ai.rss_mb()
+    probes.sort()
+    p99 = probes[int(0.99 * (len(probes) - 1))]
+    soak_note("192 slow streams (one expert)", f"probes: {len(probes)}, p99 {p99:.3f} s, max {probes[-1]:.3f} s; "
+              f"RSS idle {idle:.0f} MB, after {after:.0f} MB")
+    outcomes = soak_rows["192 slow streams (one expert)"]
+    assert not outcomes["errors"], outcomes["errors"][:5]
+    assert set(outcomes["statuses"]) <= {200, 429} and outcomes["statuses"][200] > 0, outcomes["statuses"]
+    assert not probe_errors and p99 < 1.0, (p99, probe_errors[:5])
+    assert after < idle * 1.25 + 100
+
+
+def test_distinct_regexes_and_tasks_keep_memory_bounded(stack, soak_record, soak_note, soak_rows):
+    """500 distinct regexes through an expert's /v1 (each compiles, the compiled cache is capped) and 200 distinct
+    tasks through the orchestrator: memory grows by a bounded amount, not with the count."""
+    ai, orch = stack["ai"], stack["orchestrator"]
+    before = ai.rss_mb()
+    for i in range(500):
+        status, latency, headers, text = timed_post(f"{ai.url}/v1/chat/completions", {
+            "messages": [{"role": "user", "content": "Write a word."}], "max_tokens": 3,
+            "structured_outputs": {"regex": f"(x{i}|[a-z]{{1,{i % 40 + 1}}})[0-9]{{0,{i % 7 + 1}}}"}})
+        soak_record("500 distinct regexes", status, latency, check_outcome(status, headers, text))
+    regex_growth = ai.rss_mb() - before
+    bodies = [{"task": f"In one sentence, task {i}: what does the word '{i}-{i * 7919 % 1000}' mean in law?",
+               "max_steps": 1} for i in range(240)]
+    rss = []
+    with ThreadPoolExecutor(8) as pool:  # MAX_RUNS at once; the first 40 warm up (models, arenas, caches)
+        for start in range(0, 240, 40):
+            for status, latency, headers, text in pool.map(lambda b: timed_post(f"{orch.url}/integrate", b),
+                                                           bodies[start: start + 40]):
+                soak_record("200 distinct tasks", status, latency, check_outcome(status, headers, text))
+            rss.append(round(orch.rss_mb()))
+    task_growth = rss[-1] - rss[0]
+    soak_note("500 distinct regexes", f"expert RSS grew {regex_growth:.0f} MB")
+    soak_note("200 distinct tasks", f"orchestrator RSS after each 40 tasks (the first 40 warm up): {rss} MB")
+    assert not soak_rows["500 distinct regexes"]["errors"] and not soak_rows["200 distinct tasks"]["errors"]
+    assert regex_growth < 200 and task_growth < 150, (regex_growth, rss)
+
+
 def test_12_concurrent_integrations(stack, soak_record, soak_note):
     orch = stack["orchestrator"]
     idle = orch.rss_mb()
