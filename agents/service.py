@@ -36,7 +36,7 @@ from common.protocol import (
     ToolCallDelta,
     ToolCallOut,
     Usage,
-    error_detail,
+    error_event,
 )
 from common.settings import AgentSettings
 
@@ -136,9 +136,9 @@ class ExpertService:
                 response = self._chat_response(req, gen.result(), passages)
                 yield "done", response.model_dump()
                 if not response.stored:  # the stream ends with the reason the session did not keep it
-                    yield "error", _error_body(StorageFull(response.warning or "", "storage_full"))
+                    yield "error", error_event(StorageFull(response.warning or "", "storage_full"))
             except EngineError as exc:
-                yield "error", _error_body(exc)
+                yield "error", error_event(exc)
 
         return events(), gen
 
@@ -201,7 +201,7 @@ class ExpertService:
                 self.metrics.tokens.labels(self.metrics.service).inc(result.completion_tokens)
                 yield None, chunk(DeltaMessage(), "tool_calls" if calls else result.finish_reason, _usage(result))
             except EngineError as exc:
-                yield None, _error_body(exc)
+                yield None, error_event(exc)
             yield None, "[DONE]"
 
         return events(), gen
@@ -261,6 +261,3 @@ def _usage(result: GenerationResult) -> Usage:
     return Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
                  total_tokens=result.prompt_tokens + result.completion_tokens)
 
-
-def _error_body(exc: EngineError | StorageFull) -> dict:
-    return {"error": error_detail(exc).model_dump()}

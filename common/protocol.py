@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from common.engine import types as engine_errors
 from common.engine.tools import tool_constraint
 from common.engine.types import Constraint, GenerationRequest
-from common.errors import BadRequest, Busy, NotFound, ServiceError, StorageFull, Unavailable
+from common.errors import BadRequest, Busy, NotFound, StorageFull, Unavailable
 
 MAX_STOP_STRINGS = 8
 MAX_STOP_CHARS = 64
@@ -60,10 +60,15 @@ ERROR_TYPES: dict[type, str] = {
 }
 
 
-def error_detail(exc: ServiceError | engine_errors.EngineError) -> ErrorDetail:
-    """A domain error as the ``error`` object of every error body and error event."""
+def error_detail(exc: Exception) -> ErrorDetail:
+    """An error as the ``error`` object of every error body and error event (any other exception: server_error)."""
     type_ = next((name for kind, name in ERROR_TYPES.items() if isinstance(exc, kind)), "server_error")
-    return ErrorDetail(message=str(exc), type=type_, code=exc.code)
+    return ErrorDetail(message=str(exc), type=type_, code=getattr(exc, "code", None))
+
+
+def error_event(exc: Exception) -> dict:
+    """The data of a stream's ``error`` event: ``{"error": {...}}``, the shape of every error body."""
+    return {"error": error_detail(exc).model_dump()}
 
 
 # ---- generation parameters shared by /chat and /v1/chat/completions ------------------------------------------------

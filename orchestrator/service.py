@@ -10,9 +10,8 @@ import uuid
 from collections.abc import Callable, Iterator
 
 from common.a2a import Progress
-from common.engine.types import EngineError
-from common.errors import BadRequest, Busy, ServiceError, StorageFull, Unavailable
-from common.protocol import AgentSkill, IntegrateRequest, IntegrateResponse, RunRecord, error_detail
+from common.errors import BadRequest, Busy, StorageFull, Unavailable
+from common.protocol import AgentSkill, IntegrateRequest, IntegrateResponse, RunRecord, error_event
 from common.settings import OrchestratorSettings
 from orchestrator.compose import Composer, cite
 from orchestrator.experts import ExpertRegistry
@@ -178,9 +177,8 @@ class Orchestrator:
 
         def end_for_shutdown() -> None:
             cancelled.set()
-            events.put(("error", {"error": error_detail(Unavailable(
-                "the orchestrator is shutting down: this run was stopped", "shutting_down", retry_after=5)
-            ).model_dump()}))
+            events.put(("error", error_event(Unavailable(
+                "the orchestrator is shutting down: this run was stopped", "shutting_down", retry_after=5))))
             events.put(_END)
 
         self._streams.add(end_for_shutdown)
@@ -190,12 +188,9 @@ class Orchestrator:
                 response = self._run(req, experts, ranking, lambda e, d: events.put((e, d)), cancelled)
                 events.put(("final", response.model_dump()))
                 if not response.stored:  # the stream ends with the reason the run was not kept
-                    events.put(("error", {"error": error_detail(StorageFull(response.warning or "",
-                                                                            "storage_full")).model_dump()}))
-            except (ServiceError, EngineError) as exc:
-                events.put(("error", {"error": error_detail(exc).model_dump()}))
-            except Exception as exc:
-                events.put(("error", {"error": {"message": str(exc), "type": "server_error", "code": None}}))
+                    events.put(("error", error_event(StorageFull(response.warning or "", "storage_full"))))
+            except Exception as exc:  # a domain error keeps its type; anything else is a server_error
+                events.put(("error", error_event(exc)))
             finally:
                 events.put(_END)
 

@@ -77,10 +77,7 @@ class TransformersDecoder(Decoder):
     def __init__(self, model):
         self.model = model
         self.device = next(model.parameters()).device
-        config = model.config
-        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        self.kv_bytes_per_token = 2 * config.num_hidden_layers * heads * head_dim * model.dtype.itemsize
+        self.kv_bytes_per_token = kv_bytes_per_token(model.config, model.dtype.itemsize)
 
     def prefill(self, prompts, pad_id, prefix_lens=None):
         from transformers import DynamicCache
@@ -135,6 +132,13 @@ def teacher_forced(decoder: Decoder, prompts: list[list[int]], continuations: li
                 feed = [[c[step] if step < len(c) else pad_id] for c in continuations]
                 logits = decoder.decode(batch, torch.tensor(feed, device=decoder.device))
     return top1, [torch.tensor(lp) for lp in logprobs]
+
+
+def kv_bytes_per_token(config, itemsize: int) -> int:
+    """Keys and values of every layer for one position of one row, at ``itemsize`` bytes a value."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * heads * head_dim * itemsize
 
 
 def left_padded(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,7 +20,7 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 
-from .decoding import Batch, Decoder, left_padded, positions_of
+from .decoding import Batch, Decoder, kv_bytes_per_token, left_padded, positions_of
 from .int4 import HEAD, Int4Groups, Int4Linear, Planes, fits
 
 # System prompts whose keys and values are kept: an expert has one persona, an orchestrator a handful of prompts.
@@ -168,7 +168,7 @@ class LlamaDecoder(Decoder):
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.kv_bytes_per_token = 2 * config.num_hidden_layers * self.kv_heads * self.head_dim * 4
+        self.kv_bytes_per_token = kv_bytes_per_token(config, 4)  # the float32 cache
         self.hidden = config.hidden_size
         self.intermediate = config.intermediate_size
         self.eps = config.rms_norm_eps
@@ -178,8 +178,8 @@ class LlamaDecoder(Decoder):
         self.embed = model.model.embed_tokens.weight.detach().clone()
         self.final_norm = model.model.norm.weight.detach().float()
         self.head = _Projection([model.lm_head.weight], batch_hint, [quantized.get(HEAD)])
-        self.int4 = any(p.int4 is not None for layer in self.layers for p in (layer.qkv, layer.down)) or \
-            self.head.int4 is not None
+        projections = [p for layer in self.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+        self.int4 = any(p.int4 is not None for p in [*projections, self.head])
         rotary = model.model.rotary_emb
         self.inv_freq = rotary.inv_freq.detach().float()
         self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))

@@ -225,10 +225,10 @@ class LocalEngine:
                 f"prompt of {len(prompt_ids)} tokens plus max_new_tokens {request.max_new_tokens} exceeds the "
                 f"model's context of {self.max_positions} tokens"
             )
-        if self._cache_bytes(1, span) > self.kv_cache_bytes:
+        if (needed := self._cache_bytes(1, span)) > self.kv_cache_bytes:
             raise PromptTooLong(
                 f"prompt of {len(prompt_ids)} tokens plus max_new_tokens {request.max_new_tokens} needs "
-                f"{self._cache_bytes(1, span) / 2**20:.0f} MB of KV cache, more than KV_CACHE_MB "
+                f"{needed / 2**20:.0f} MB of KV cache, more than KV_CACHE_MB "
                 f"({self.kv_cache_bytes / 2**20:.0f} MB): ask for fewer tokens")
         matcher = None
         if request.constraint is not None:
