@@ -40,6 +40,10 @@ class EngineSettings(BaseSettings):
         "weights (a Q4_0/Q4_1 GGUF, the embedded model among them) where the CPU has AVX512 and the engine runs "
         "bfloat16, dense weights otherwise; int4: also quantize a float checkpoint to 4-bit groups (faster, answers "
         "change); dense: always the de-quantized weights.")
+    compile: Literal["auto", "off"] = Field(
+        "auto", description="auto: where the lean decoder runs 4-bit weights, its one-row decode step is compiled "
+        "with AOTInductor (about 50 s with a C++ compiler, once per model shape and torch build; the package is kept "
+        "under CACHE_DIR) and checked against the eager step; off: always the eager step.")
     remote_url: str | None = Field(
         None, description="Base URL of an OpenAI-compatible server (ending in /v1). When set, no local model loads."
     )

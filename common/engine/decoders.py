@@ -8,25 +8,34 @@ from pathlib import Path
 
 import torch
 
-from . import int4
+from . import compiled, int4
 from .decoding import Decoder, TransformersDecoder
 from .llama import LlamaDecoder, unsupported_reason
 
 log = logging.getLogger(__name__)
 
 
-def make_decoder(model, kind: str = "auto", batch_hint: int = 16, weights: str = "dense", source=None) -> Decoder:
+def make_decoder(model, kind: str = "auto", batch_hint: int = 16, weights: str = "dense", source=None,
+                 compile_dir: Path | None = None) -> Decoder:
     """``auto``: the lean Llama decoder where it applies (a Llama-architecture model on the CPU), else transformers.
 
     ``weights`` (the WEIGHTS setting) and ``source`` (the loader's :class:`~common.engine.loading.ModelSource`)
-    choose the lean decoder's 4-bit weights: see :func:`four_bit_weights`."""
+    choose the lean decoder's 4-bit weights: see :func:`four_bit_weights`. With ``compile_dir`` (COMPILE=auto) its
+    one-row step is compiled where it runs 4-bit weights, the package kept there (:mod:`common.engine.compiled`)."""
     if kind == "transformers":
         return TransformersDecoder(model)
     reason = unsupported_reason(model)
-    if reason is None:
-        return LlamaDecoder(model, batch_hint, four_bit_weights(model, weights, source))
-    log.info("using the transformers forward: %s", reason)
-    return TransformersDecoder(model)
+    if reason is not None:
+        log.info("using the transformers forward: %s", reason)
+        return TransformersDecoder(model)
+    decoder = LlamaDecoder(model, batch_hint, four_bit_weights(model, weights, source))
+    if compile_dir is not None and decoder.int4:
+        step = compiled.compile_step(decoder, compile_dir)
+        if isinstance(step, str):
+            log.info("eager one-row decode step: %s", step)
+        else:
+            decoder.step = step
+    return decoder
 
 
 def four_bit_weights(model, weights: str, source=None) -> dict[str, int4.Planes]:

@@ -97,12 +97,17 @@ class Int4Linear:
             self.planes.append((packed, scales_and_zeros))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
-        y = None
-        for packed, scales_and_zeros in self.planes:
-            part = torch._weight_int4pack_mm_for_cpu(flat, packed, GROUP, scales_and_zeros)
-            y = part if y is None else y.add_(part)
-        return y.view(*x.shape[:-1], self.out_features)
+        return int4_matmul(x, self.planes, self.out_features)
+
+
+def int4_matmul(x: torch.Tensor, planes: list[tuple[torch.Tensor, torch.Tensor]], out_features: int) -> torch.Tensor:
+    """``x @ W.T`` for W the sum of packed planes (4-bit values, scales and zero points) of :class:`Int4Linear`."""
+    flat = x.reshape(-1, x.shape[-1])
+    y = None
+    for packed, scales_and_zeros in planes:
+        part = torch._weight_int4pack_mm_for_cpu(flat, packed, GROUP, scales_and_zeros)
+        y = part if y is None else y + part
+    return y.view(*x.shape[:-1], out_features)
 
 
 def unsupported_reason(dtype: torch.dtype) -> str | None:

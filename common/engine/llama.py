@@ -85,16 +85,17 @@ class _Layer:
 
 
 class KVCache:
-    """Keys and values per layer, [rows, kv_heads, capacity, head_dim]; columns before ``length`` are in use.
+    """Keys and values of every layer, [layers, rows, kv_heads, capacity, head_dim] each; columns before ``length``
+    are in use.
 
     Capacity runs ahead of length, so a decode step writes one column in place; only growth past the capacity, and
-    rows joining or leaving, copy.
+    rows joining or leaving, copy. One tensor for all layers lets a compiled step read the cache as one input and a
+    step's new columns be written for every layer at once.
     """
 
     def __init__(self, layers: int, rows: int, heads: int, head_dim: int, capacity: int, like: torch.Tensor):
-        shape = (rows, heads, capacity, head_dim)
-        self.keys = [like.new_zeros(shape) for _ in range(layers)]
-        self.values = [like.new_zeros(shape) for _ in range(layers)]
+        shape = (layers, rows, heads, capacity, head_dim)
+        self.keys, self.values = like.new_zeros(shape), like.new_zeros(shape)
         self.length = 0
 
     @staticmethod
@@ -103,30 +104,36 @@ class KVCache:
 
     @property
     def rows(self) -> int:
-        return self.keys[0].shape[0]
+        return self.keys.shape[1]
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[3]
 
     def reserve(self, length: int) -> None:
-        if length <= self.keys[0].shape[2]:
+        if length <= self.capacity:
             return
-        for store in (self.keys, self.values):
-            for i, old in enumerate(store):
-                rows, heads, _, dim = old.shape
-                store[i] = old.new_zeros((rows, heads, self.headroom(length), dim))
-                store[i][:, :, : self.length] = old[:, :, : self.length]
+        grown = []
+        for old in (self.keys, self.values):
+            layers, rows, heads, _, dim = old.shape
+            new = old.new_zeros((layers, rows, heads, self.headroom(length), dim))
+            new[:, :, :, : self.length] = old[:, :, :, : self.length]
+            grown.append(new)
+        self.keys, self.values = grown
 
-    def put(self, row: int, prefix: list[tuple[torch.Tensor, torch.Tensor]], end: int) -> None:
-        """Copy one sequence's keys and values (per layer, [1, heads, n, dim]) into ``row``, ending at ``end``."""
-        for layer, (keys, values) in enumerate(prefix):
-            n = keys.shape[2]
-            self.keys[layer][row, :, end - n: end] = keys[0]
-            self.values[layer][row, :, end - n: end] = values[0]
+    def put(self, row: int, prefix: tuple[torch.Tensor, torch.Tensor], end: int) -> None:
+        """Copy one sequence's keys and values ([layers, 1, heads, n, dim] each) into ``row``, ending at ``end``."""
+        keys, values = prefix
+        n = keys.shape[3]
+        self.keys[:, row, :, end - n: end] = keys[:, 0]
+        self.values[:, row, :, end - n: end] = values[:, 0]
 
     def write(self, layer: int, start: int, keys: torch.Tensor, values: torch.Tensor):
         """Store new columns from ``start`` on; returns the layer's keys and values up to them."""
         end = start + keys.shape[2]
-        self.keys[layer][:, :, start:end] = keys
-        self.values[layer][:, :, start:end] = values
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        self.keys[layer, :, :, start:end] = keys
+        self.values[layer, :, :, start:end] = values
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
     @classmethod
     def stacked(cls, parts: list[tuple[KVCache, torch.Tensor | None, int]], width: int) -> KVCache:
@@ -134,17 +141,16 @@ class KVCache:
         stacked by rows and right-aligned: a narrower part is padded on the left."""
         first_cache = parts[0][0]
         counts = [cache.rows if index is None else len(index) for cache, index, _ in parts]
-        _, heads, _, dim = first_cache.keys[0].shape
-        out = cls(len(first_cache.keys), sum(counts), heads, dim, cls.headroom(width), first_cache.keys[0])
-        for layer in range(len(out.keys)):
-            row = 0
-            for (cache, index, first), count in zip(parts, counts, strict=True):
-                for src, dst in ((cache.keys[layer], out.keys[layer]), (cache.values[layer], out.values[layer])):
-                    src = src[:, :, first: cache.length]
-                    if index is not None:
-                        src = src.index_select(0, index)
-                    dst[row: row + count, :, width - src.shape[2]: width] = src
-                row += count
+        layers, _, heads, _, dim = first_cache.keys.shape
+        out = cls(layers, sum(counts), heads, dim, cls.headroom(width), first_cache.keys)
+        row = 0
+        for (cache, index, first), count in zip(parts, counts, strict=True):
+            for src, dst in ((cache.keys, out.keys), (cache.values, out.values)):
+                src = src[:, :, :, first: cache.length]
+                if index is not None:
+                    src = src.index_select(1, index)
+                dst[:, row: row + count, :, width - src.shape[3]: width] = src
+            row += count
         out.length = width
         return out
 
@@ -183,7 +189,9 @@ class LlamaDecoder(Decoder):
         rotary = model.model.rotary_emb
         self.inv_freq = rotary.inv_freq.detach().float()
         self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
-        self._prefixes: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        # The one-row decode step compiled (common/engine/compiled.py), set by make_decoder where it compiles.
+        self.step = None
+        self._prefixes: OrderedDict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
     def prefill(self, prompts, pad_id, prefix_lens=None):
         """Prefill with each row's marked prefix taken from the prefix cache (computed once, on first sight).
@@ -210,7 +218,7 @@ class LlamaDecoder(Decoder):
         logits = self._forward(ids, positions_of(mask)[:, held:], allowed, cache)
         return logits.float(), Batch(cache, mask)
 
-    def _prefix(self, tokens: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    def _prefix(self, tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Keys and values of ``tokens`` as a sequence's start, per layer: from the cache, or computed and kept."""
         if not tokens:
             return None
@@ -220,14 +228,30 @@ class LlamaDecoder(Decoder):
             return self._prefixes[key]
         n = len(tokens)
         cache = self.prefill([tokens], pad_id=0)[1].cache  # one row, so no padding
-        entry = [(k[:, :, :n].clone(), v[:, :, :n].clone()) for k, v in zip(cache.keys, cache.values, strict=True)]
+        entry = (cache.keys[:, :, :, :n].clone(), cache.values[:, :, :, :n].clone())
         self._prefixes[key] = entry
         if len(self._prefixes) > PREFIX_CACHE_SIZE:
             self._prefixes.popitem(last=False)
         return entry
 
     def _decode(self, ids, mask, positions, cache):
+        if self.step is not None and ids.shape[0] == 1:
+            return self._compiled_decode(ids, mask, positions, cache), cache
         return self._forward(ids, positions, mask.bool()[:, None, None, :], cache), cache
+
+    def _compiled_decode(self, ids, mask, positions, cache):
+        """One row's step through :attr:`step`: it attends over the cache's columns before the new one (bias -inf on
+        padding and on the columns not yet written) and over the new token, whose keys and values are stored here."""
+        start = cache.length
+        cache.reserve(start + 1)
+        bias = torch.full((1, 1, 1, cache.capacity), float("-inf"), device=self.device)
+        bias[0, 0, 0, :start].masked_fill_(mask[0, :start].bool(), 0.0)
+        cos, sin = self._rope(positions)
+        logits, keys, values = self.step(ids, cos, sin, cache.keys, cache.values, bias)
+        cache.keys[:, :, :, start: start + 1] = keys
+        cache.values[:, :, :, start: start + 1] = values
+        cache.length = start + 1
+        return logits
 
     def _merge_caches(self, a: KVCache, b: KVCache, width: int) -> KVCache:
         return KVCache.stacked([(a, None, 0), (b, None, 0)], width)

@@ -105,6 +105,7 @@ class LocalEngine:
         threads: int = 0,
         weights: str = "auto",
         kv_cache_mb: float = 1024,
+        compile: str = "auto",
     ):
         self.model_spec = model
         self.model_name = model
@@ -112,6 +113,8 @@ class LocalEngine:
         self._load_args = (model, dtype, device, cache_dir)
         self._loader = loader
         self._decoder_kind, self._weights = decoder, weights
+        # compiled steps are kept beside the converted checkpoints; with no cache dir, no compile (it costs ~50 s)
+        self._compile_dir = Path(cache_dir) if compile == "auto" and cache_dir else None
         self.kv_cache_bytes = kv_cache_mb * 2**20
         self._held: _Row | None = None  # taken from the queue, waiting for KV-cache room (see _fits)
         self.threads = threads or max(1, len(os.sched_getaffinity(0)) // 2)
@@ -137,6 +140,7 @@ class LocalEngine:
             threads=settings.threads,
             weights=settings.weights,
             kv_cache_mb=settings.kv_cache_mb,
+            compile=settings.compile,
         )
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
@@ -190,7 +194,8 @@ class LocalEngine:
             return {}
         return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
                 "decoder": type(self.decoder).__name__, "threads": self.threads,
-                "weights": "int4" if getattr(self.decoder, "int4", False) else "dense"}
+                "weights": "int4" if getattr(self.decoder, "int4", False) else "dense",
+                "decode_step": "compiled" if getattr(self.decoder, "step", None) is not None else "eager"}
 
     def _load(self) -> None:
         model, tokenizer, source = self._loader(*self._load_args)
@@ -207,7 +212,8 @@ class LocalEngine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         # The decoder keeps what it needs; a lean one holds its own packed weights, so the model itself is let go
         # (collected now, and its pages handed back, so they do not count against the expert's memory).
-        self.decoder = make_decoder(model, self._decoder_kind, self.max_batch_size, self._weights, source)
+        self.decoder = make_decoder(model, self._decoder_kind, self.max_batch_size, self._weights, source,
+                                    self._compile_dir)
         self.device = self.decoder.device
         del model
         gc.collect()

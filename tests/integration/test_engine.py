@@ -36,8 +36,9 @@ from harness.services import MODEL_CACHE
 pytestmark = pytest.mark.integration
 DTYPES = ["float32", "bfloat16"]
 # The decoders teacher-forced below: each dtype on dense weights, and bfloat16 on the checkpoint's own quantized
-# weights (WEIGHTS=auto's choice on a CPU with AVX512; elsewhere that variant is skipped, since auto does not run it).
-FORCED_DECODERS = [*DTYPES, "int4"]
+# weights (WEIGHTS=auto's choice on a CPU with AVX512; elsewhere that variant is skipped, since auto does not run it),
+# eager and with its one-row step compiled (COMPILE=auto's choice there).
+FORCED_DECODERS = [*DTYPES, "int4", "compiled"]
 INT4_UNSUPPORTED = int4.unsupported_reason(torch.bfloat16)
 QUESTIONS = ["What is a neural network?", "Explain the GDPR right to erasure.", "What is a contract?",
              "How does TCP work?", "Who wrote Hamlet?", "What is liability?"]
@@ -99,6 +100,8 @@ def forced():
         if dtype == "bfloat16" and INT4_UNSUPPORTED is None:
             decoders["int4"] = make_decoder(model, weights="auto", source=source)
             assert decoders["int4"].int4
+            decoders["compiled"] = make_decoder(model, weights="auto", source=source, compile_dir=MODEL_CACHE)
+            assert decoders["compiled"].step is not None, "the one-row step did not compile (see the log)"
     prompts, answers = [], []
     for question, answer in FORCED:
         turn = [{"role": "user", "content": question}]
@@ -145,6 +148,17 @@ def _decoder(decoders, kind):
     return decoders[kind]
 
 
+def test_the_compiled_step_scores_the_text_as_the_eager_step_does(forced):
+    """Rows alone run the compiled one-row step: against the eager step on the same 4-bit weights, the top-1 token is
+    the same almost everywhere and the log-probabilities stay close (the two only round differently)."""
+    decoders, prompts, answers, pad = forced
+    top_eager, logp_eager = teacher_forced(_decoder(decoders, "int4"), prompts, answers, pad, together=False)
+    top_compiled, logp_compiled = teacher_forced(_decoder(decoders, "compiled"), prompts, answers, pad,
+                                                 together=False)
+    assert _agreement(top_compiled, top_eager) >= 0.97
+    assert all(float((a - b).abs().mean()) < 0.05 for a, b in zip(logp_compiled, logp_eager, strict=True))
+
+
 def test_the_checkpoints_quantized_tensors_are_the_weights_the_model_loads():
     """What the 4-bit path runs is the GGUF's own Q4_1 and Q8_0 values: de-quantized, exactly the float32 weights
     transformers' GGUF loader made of them (Q and K rows put back in its order, the tied head included)."""
@@ -176,7 +190,7 @@ def test_bfloat16_predicts_the_next_token_as_float32_does(forced, kind):
 def test_rows_in_a_batch_score_the_text_as_rows_alone(forced, dtype):
     """The bfloat16 batch effect is small where it is not zero: batched and alone rows agree on the next token almost
     everywhere (measured: 211 of 216 tokens, 0.012-0.050 nats per token). In float32 they agree exactly. On 4-bit
-    weights, rows alone run the int4 kernel and the batch of five the dense copy: close too."""
+    weights, rows alone run the int4 kernel (or the compiled step) and the batch of five the dense copy: close too."""
     decoders, prompts, answers, pad = forced
     decoder = _decoder(decoders, dtype)
     top_batched, logp_batched = teacher_forced(decoder, prompts, answers, pad, together=True)

@@ -1,0 +1,211 @@
+"""The lean decoder's one-row decode step, compiled ahead of time with AOTInductor.
+
+At one row a decode step of a small model is short on arithmetic and long on operators: profiling SmolLM2-135M on
+two cores with 4-bit weights, about 5.5 ms of a 12 ms step were the int4 matmuls and most of the rest the launch
+cost of some forty small operators a layer in eager PyTorch. Compiled into one C++ function (norms, rotary
+embedding and attention fused into loops; the int4 matmuls called directly), the same step ran at 123 tokens/s
+against 85 (``bench/weights.py`` measures it in ``make bench``).
+
+- The graph is exported once per shape of the model and torch build and kept under the cache directory; it holds no
+  weights: it is loaded with the decoder's own tensors as its constants (shared, not copied), so the weights stay
+  in memory once.
+- The KV cache's capacity is a dynamic dimension, so one compiled step serves every length.
+- The step attends over the cache (the new token's column not yet written) and over the new token apart, and returns
+  the new keys and values of every layer; the caller writes them with one copy. Writing them inside the graph would
+  make it copy the whole cache, since a compiled graph may not mutate its inputs in place.
+- At load the compiled step is checked against the eager one on a real cache; a step that disagrees, or a machine
+  without a C++ compiler, keeps the eager step (``unavailable_reason`` says why).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .decoding import Batch
+from .int4 import GROUP, int4_matmul
+from .llama import KVCache, _rotate
+
+log = logging.getLogger(__name__)
+
+# The eager and the compiled step agree to rounding (measured: 1.2% of the largest logit on the embedded model, a few
+# bfloat16 steps); further apart means a broken compile.
+MAX_RELATIVE_DIFFERENCE = 0.05
+
+
+class _Step(torch.nn.Module):
+    """One decode step of one row, over a :class:`~common.engine.llama.LlamaDecoder`'s tensors (as buffers, so the
+    exported graph names them and the runner can be given them at load)."""
+
+    PROJECTIONS = ("qkv", "o", "gate_up", "down")
+
+    def __init__(self, decoder):
+        super().__init__()
+        self.heads, self.kv_heads, self.dim = decoder.heads, decoder.kv_heads, decoder.head_dim
+        self.hidden, self.intermediate, self.eps = decoder.hidden, decoder.intermediate, decoder.eps
+        self.dtype, self.layers = decoder.dtype, len(decoder.layers)
+        self.out = {}
+        self.register_buffer("embed", decoder.embed)
+        self.register_buffer("final_norm", decoder.final_norm)
+        self._planes("head", decoder.head.int4)
+        for i, layer in enumerate(decoder.layers):
+            self.register_buffer(f"l{i}_attn_norm", layer.attn_norm)
+            self.register_buffer(f"l{i}_mlp_norm", layer.mlp_norm)
+            for name in self.PROJECTIONS:
+                self._planes(f"l{i}_{name}", getattr(layer, name).int4)
+
+    def _planes(self, prefix: str, linear) -> None:
+        for j, (packed, scales_and_zeros) in enumerate(linear.planes):
+            self.register_buffer(f"{prefix}_p{j}_w", packed)
+            self.register_buffer(f"{prefix}_p{j}_sz", scales_and_zeros)
+        self.out[prefix] = (len(linear.planes), linear.out_features)
+
+    def _linear(self, prefix: str, x: torch.Tensor) -> torch.Tensor:
+        count, out_features = self.out[prefix]
+        planes = [(getattr(self, f"{prefix}_p{j}_w"), getattr(self, f"{prefix}_p{j}_sz")) for j in range(count)]
+        return int4_matmul(x, planes, out_features)
+
+    def forward(self, ids, cos, sin, keys, values, bias):
+        """ids [1, 1]; cos, sin [1, 1, 1, dim] (see :func:`~common.engine.llama._rotate`); keys, values
+        [layers, 1, kv_heads, capacity, dim], read only; bias [1, 1, 1, capacity], 0 where a column is attended and
+        -inf elsewhere (padding, and the columns from the new token's on).
+        Returns logits [1, vocab] and the new token's keys and values [layers, 1, kv_heads, 1, dim]."""
+        heads, kv_heads, dim = self.heads, self.kv_heads, self.dim
+        group = heads // kv_heads
+        x = F.embedding(ids, self.embed).float()
+        new_keys, new_values = [], []
+        for i in range(self.layers):
+            h = F.rms_norm(x, (self.hidden,), getattr(self, f"l{i}_attn_norm"), self.eps).to(self.dtype)
+            qk, v = self._linear(f"l{i}_qkv", h).float().split([(heads + kv_heads) * dim, kv_heads * dim], dim=-1)
+            qk = _rotate(qk.view(1, 1, heads + kv_heads, dim), cos, sin)
+            q = qk[0, 0, :heads].reshape(1, kv_heads, group, dim) * dim ** -0.5
+            k = qk[0, 0, heads:].reshape(1, kv_heads, 1, dim)
+            v = v.reshape(1, kv_heads, 1, dim)
+            scores = torch.cat([torch.matmul(q, keys[i].transpose(-1, -2)) + bias, (q * k).sum(-1, keepdim=True)],
+                               dim=-1).softmax(dim=-1)  # [1, kv_heads, group, capacity + 1]
+            attn = torch.matmul(scores[..., :-1], values[i]) + scores[..., -1:] * v
+            new_keys.append(k)
+            new_values.append(v)
+            x = x + self._linear(f"l{i}_o", attn.reshape(1, 1, heads * dim).to(self.dtype))
+            h = F.rms_norm(x, (self.hidden,), getattr(self, f"l{i}_mlp_norm"), self.eps).to(self.dtype)
+            gate, up = self._linear(f"l{i}_gate_up", h).split([self.intermediate, self.intermediate], dim=-1)
+            x = x + self._linear(f"l{i}_down", F.silu(gate) * up)
+        last = F.rms_norm(x, (self.hidden,), self.final_norm, self.eps).to(self.dtype)
+        return self._linear("head", last)[:, -1], torch.stack(new_keys), torch.stack(new_values)
+
+
+def unavailable_reason(decoder) -> str | None:
+    """Why the one-row step of this decoder cannot be compiled, or None."""
+    projections = [p for layer in decoder.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+    if any(p.int4 is None for p in [*projections, decoder.head]):
+        return "the compiled step runs 4-bit weights, and some of this model's are dense"
+    return None
+
+
+def compile_step(decoder, cache_dir: Path) -> Callable | str:
+    """The compiled one-row step of ``decoder`` (same inputs and outputs as :meth:`_Step.forward`), or why not."""
+    reason = unavailable_reason(decoder)
+    if reason:
+        return reason
+    module = _Step(decoder).eval()
+    try:
+        path = _package(module, _example(decoder, capacity=96), cache_dir)
+        step = CompiledStep(torch._inductor.aoti_load_package(str(path)), dict(module.named_buffers()))
+        disagreement = _disagreement(decoder, step)
+    except Exception as exc:  # no compiler, an unsupported operator: the eager step still works
+        log.warning("compiled decode step unavailable: %s: %s", type(exc).__name__, exc)
+        return f"compile failed: {type(exc).__name__}"
+    if disagreement:
+        log.warning("compiled decode step not used: %s", disagreement)
+        return disagreement
+    return step
+
+
+def _disagreement(decoder, step) -> str | None:
+    """How the compiled step's logits differ from the eager step's after a short prompt, or None if they agree to
+    rounding (the same top token, each logit within :data:`MAX_RELATIVE_DIFFERENCE` of the largest)."""
+    with torch.inference_mode():
+        logits, batch = decoder.prefill([list(range(1, 17))], pad_id=0)
+        token = logits.argmax(-1, keepdim=True)
+        twin = Batch(KVCache.stacked([(batch.cache, None, 0)], batch.cache.length), batch.mask.clone())
+        expected = decoder.decode(batch, token)
+        decoder.step, eager = step, decoder.step
+        try:
+            got = decoder.decode(twin, token)
+        finally:
+            decoder.step = eager
+    difference = float((expected - got).abs().max()) / float(expected.abs().max())
+    if expected.argmax() != got.argmax() or not difference <= MAX_RELATIVE_DIFFERENCE:
+        return f"its logits differ from the eager step's by {100 * difference:.1f}% of the largest"
+    return None
+
+
+class CompiledStep:
+    """The loaded package, run on the decoder's own tensors (the runner keeps pointers to them: they live here)."""
+
+    def __init__(self, runner, buffers: dict[str, torch.Tensor]):
+        # Inductor passes the int4 kernel's group size as a constant tensor of its own at each call, named
+        # constantN; every constant that is not one of the weights is one of those (a wrong guess fails the
+        # comparison with the eager step at load).
+        group_sizes = {name: torch.tensor(GROUP) for name in runner.get_constant_fqns() if name not in buffers}
+        self.constants = {**buffers, **group_sizes}
+        runner.load_constants(self.constants, check_full_update=True, user_managed=True)
+        self.runner = runner
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.runner(*inputs)
+
+
+def _example(decoder, capacity: int) -> tuple[torch.Tensor, ...]:
+    """Inputs of a step at position ``capacity // 2`` over a cache of random keys and values."""
+    generator = torch.Generator().manual_seed(0)
+    shape = (len(decoder.layers), 1, decoder.kv_heads, capacity, decoder.head_dim)
+    keys, values = (torch.randn(shape, generator=generator) for _ in range(2))
+    at = capacity // 2
+    bias = torch.zeros((1, 1, 1, capacity))
+    bias[..., at:] = float("-inf")
+    cos, sin = decoder._rope(torch.tensor([[at]]))
+    return torch.tensor([[1]]), cos, sin, keys, values, bias
+
+
+def _package(module: _Step, example: tuple[torch.Tensor, ...], cache_dir: Path) -> Path:
+    """The AOTInductor package of ``module``'s graph (without its weights), compiled now or found in the cache.
+
+    Its name hashes what the graph depends on: the torch build, the CPU's instruction set, the shapes and dtypes of
+    the weights, and this code. One process compiles while others starting beside it wait for the file."""
+    key = hashlib.sha256()
+    for part in (torch.__version__, torch.backends.cpu.get_cpu_capability(), Path(__file__).read_bytes(),
+                 (Path(__file__).parent / "llama.py").read_bytes(), (Path(__file__).parent / "int4.py").read_bytes(),
+                 repr([(n, tuple(b.shape), b.dtype) for n, b in module.named_buffers()]),
+                 repr([(tuple(t.shape), t.dtype) for t in example])):
+        key.update(part if isinstance(part, bytes) else part.encode())
+    folder = Path(cache_dir) / "compiled"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"decode-step-{key.hexdigest()[:16]}.pt2"
+    with open(folder / f"{path.stem}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            return path
+        log.info("compiling the one-row decode step (once per model shape and torch build)")
+        capacity = torch.export.Dim("capacity", min=2, max=1 << 20)
+        dynamic = {"ids": None, "cos": None, "sin": None, "keys": {3: capacity}, "values": {3: capacity},
+                   "bias": {3: capacity}}
+        with torch.inference_mode():
+            exported = torch.export.export(module, example, dynamic_shapes=dynamic)
+        partial = path.with_suffix(f".{os.getpid()}.partial.pt2")
+        try:
+            with torch._inductor.config.patch({"aot_inductor.package_constants_in_so": False}):
+                torch._inductor.aoti_compile_and_package(exported, package_path=str(partial))
+            os.replace(partial, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+    return path

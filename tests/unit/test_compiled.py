@@ -1,0 +1,80 @@
+"""When the compiled one-row step is not used, the decoder keeps its eager step and says why.
+
+The compiled step itself is exercised on the embedded model (tests/integration/test_engine.py, where the CPU runs
+4-bit weights); here a tiny Llama stands in, and the compile is made to fail or to disagree.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from common.engine import compiled, int4
+from common.engine.decoders import make_decoder
+from common.engine.llama import LlamaDecoder
+
+PROMPT = [[5, 6, 7, 8, 9]]
+
+
+def tiny_bf16() -> LlamaForCausalLM:
+    """A tiny Llama whose every linear, the head too, has a shape the int4 kernel takes."""
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    return LlamaForCausalLM(config).eval().to(torch.bfloat16)
+
+
+def four_bit(model) -> LlamaDecoder:
+    """The lean decoder on 4-bit copies of every linear and the head, as it runs a Q4 GGUF's."""
+    params = model.state_dict()
+    names = [*int4.linear_names(model.config), int4.HEAD]
+    return LlamaDecoder(model, quantized={name: [int4.Int4Groups.quantize(params[name])] for name in names})
+
+
+def decodes(decoder) -> bool:
+    with torch.inference_mode():
+        logits, batch = decoder.prefill(PROMPT, pad_id=0)
+        return bool(torch.isfinite(decoder.decode(batch, logits.argmax(-1, keepdim=True))).all())
+
+
+def test_dense_weights_keep_the_eager_step(tmp_path):
+    for weights in ("dense", "int4"):  # int4 quantizes a float checkpoint's linears, not its head
+        decoder = make_decoder(tiny_bf16(), weights=weights, compile_dir=tmp_path)
+        assert decoder.step is None
+        assert "dense" in compiled.compile_step(decoder, tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing was compiled
+
+
+def test_a_failed_compile_keeps_the_eager_step(tmp_path, monkeypatch):
+    def no_compiler(*args):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(compiled, "_package", no_compiler)
+    decoder = four_bit(tiny_bf16())
+    assert compiled.compile_step(decoder, tmp_path) == "compile failed: RuntimeError"
+    assert decoder.step is None
+    assert decodes(decoder)
+
+
+class WrongRunner:
+    """A loaded package whose step returns logits unlike the eager step's."""
+
+    def get_constant_fqns(self):
+        return []
+
+    def load_constants(self, constants, **kw):
+        pass
+
+    def __call__(self, ids, cos, sin, keys, values, bias):
+        layers, _, heads, _, dim = keys.shape
+        new = torch.zeros(layers, 1, heads, 1, dim)
+        return torch.arange(96, dtype=torch.bfloat16)[None], new, new
+
+
+def test_a_compiled_step_that_disagrees_with_the_eager_one_is_not_used(tmp_path, monkeypatch):
+    monkeypatch.setattr(compiled, "_package", lambda *args: tmp_path / "step.pt2")
+    monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda path: WrongRunner())
+    decoder = four_bit(tiny_bf16())
+    assert "differ from the eager step's" in compiled.compile_step(decoder, tmp_path)
+    assert decoder.step is None
+    assert decodes(decoder)
