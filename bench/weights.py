@@ -1,9 +1,11 @@
-"""Dense against quantized weights (``WEIGHTS=dense`` / ``auto``), in-process, on the embedded model.
+"""Dense against quantized weights (``WEIGHTS=dense`` / ``auto``), and the compiled one-row step (``COMPILE=auto``),
+in-process, on the embedded model.
 
 Quality: greedy top-1 agreement with a float32 reference, teacher-forced over the same text (the shipped notes of
 both experts, whole paragraphs, and Chinese tasks from the quality dev set), for bfloat16 on dense weights (the
-default before 4-bit weights) and for bfloat16 on the checkpoint's own 4-bit weights (the default on AVX512 now).
-Speed: bare greedy decodes of both at 1, 4 and 16 rows with every core, interleaved round by round, best of three.
+default before 4-bit weights), for bfloat16 on the checkpoint's own 4-bit weights in batches of four, and for the
+same with the compiled step, rows alone (as one user at a time is served: the defaults on AVX512 now).
+Speed: bare greedy decodes of each at 1, 4 and 16 rows with every core, interleaved round by round, best of three.
 ``python -m bench.weights`` runs this section alone.
 """
 
@@ -22,6 +24,8 @@ from common.engine.decoding import teacher_forced
 from common.engine.llama import INT4_MAX_TOKENS
 from common.engine.loading import load_model
 from harness.services import MODEL_CACHE
+
+DENSE, FOUR_BIT, COMPILED = "bfloat16 dense", "bfloat16 4-bit", "4-bit compiled"
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS_PER_TEXT = 96
@@ -70,8 +74,11 @@ def weights() -> dict:
     reference, tokenizer, _ = load_model("embedded", dtype="float32", cache_dir=MODEL_CACHE)
     model, _, source = load_model("embedded", dtype="bfloat16", cache_dir=MODEL_CACHE)
     decoders = {"float32": make_decoder(reference, weights="dense"),
-                "bfloat16 dense": make_decoder(model, weights="dense"),
-                "bfloat16 4-bit": make_decoder(model, weights="auto", source=source)}
+                DENSE: make_decoder(model, weights="dense"),
+                FOUR_BIT: make_decoder(model, weights="auto", source=source),
+                COMPILED: make_decoder(model, weights="auto", source=source, compile_dir=MODEL_CACHE)}
+    if decoders[COMPILED].step is None:
+        return {"skipped": "the one-row step did not compile here (see the log)"}
     prompts, answers = [], []
     for question, answer in _texts():
         turn = [{"role": "user", "content": question}]
@@ -83,26 +90,29 @@ def weights() -> dict:
     for start in range(0, len(prompts), FORCED_ROWS):
         chunk = slice(start, start + FORCED_ROWS)
         for name, decoder in decoders.items():
-            top1[name] += teacher_forced(decoder, prompts[chunk], answers[chunk], tokenizer.pad_token_id)[0]
+            top1[name] += teacher_forced(decoder, prompts[chunk], answers[chunk], tokenizer.pad_token_id,
+                                         together=name != COMPILED)[0]
     out: dict = {"skipped": None, "texts": len(answers), "tokens": sum(map(len, answers)), "agreement": {}}
-    for name in ("bfloat16 dense", "bfloat16 4-bit"):
+    for name in (DENSE, FOUR_BIT, COMPILED):
         same, total = _agreement(top1[name], top1["float32"])
         out["agreement"][name] = {"same": same, "of": total, "share": round(same / total, 4)}
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": PROMPTS[3]}], add_generation_prompt=True,
                                            return_dict=True)["input_ids"]
-    speeds: dict[str, dict[int, float]] = {"bfloat16 dense": {}, "bfloat16 4-bit": {}}
+    speeds: dict[str, dict[int, float]] = {DENSE: {}, FOUR_BIT: {}, COMPILED: {}}
     for rows in ROWS:
         for _ in range(3):
             for name in speeds:
                 speeds[name][rows] = round(max(speeds[name].get(rows, 0.0), _bare(decoders[name], prompt, rows)), 1)
     out["tokens_per_s"] = {name: {str(r): v for r, v in s.items()} for name, s in speeds.items()}
-    out["ratio"] = {str(r): round(speeds["bfloat16 4-bit"][r] / speeds["bfloat16 dense"][r], 2) for r in ROWS}
+    out["ratio"] = {name: {str(r): round(speeds[name][r] / speeds[DENSE][r], 2) for r in ROWS}
+                    for name in (FOUR_BIT, COMPILED)}
     out["threads"] = CORES
     return out
 
 
 def report(w: dict) -> None:
-    print("\n== Weights: bfloat16 dense vs the checkpoint's 4-bit weights (in-process, greedy, teacher-forced) ==")
+    print("\n== Weights: bfloat16 dense vs the checkpoint's 4-bit weights, eager and compiled (in-process, greedy, "
+          "teacher-forced) ==")
     if w["skipped"]:
         print(f"(skipped: {w['skipped']})")
         return
@@ -110,11 +120,11 @@ def report(w: dict) -> None:
     for name, a in w["agreement"].items():
         print(f"  {name:>15}: {a['same']}/{a['of']} ({100 * a['share']:.1f}%)")
     print(f"bare decode tok/s, {w['threads']} threads, interleaved, best of 3:")
-    print(f"{'rows':>5} | {'dense':>7} | {'4-bit':>7} | ratio")
+    print(f"{'rows':>5} | {'dense':>7} | {'4-bit':>7} | ratio | {'compiled':>8} | ratio")
     for rows in ROWS:
-        r = str(rows)
-        print(f"{rows:>5} | {w['tokens_per_s']['bfloat16 dense'][r]:>7} | {w['tokens_per_s']['bfloat16 4-bit'][r]:>7}"
-              f" | {w['ratio'][r]:.2f}x")
+        r, speeds = str(rows), w["tokens_per_s"]
+        print(f"{rows:>5} | {speeds[DENSE][r]:>7} | {speeds[FOUR_BIT][r]:>7} | {w['ratio'][FOUR_BIT][r]:.2f}x | "
+              f"{speeds[COMPILED][r]:>8} | {w['ratio'][COMPILED][r]:.2f}x")
 
 
 def main() -> None:

@@ -8,7 +8,8 @@ forward computes the same function with
 - a KV cache preallocated with headroom and written in place;
 - fewer, larger tensor ops (``rms_norm``, SDPA with grouped-query attention);
 - a prefix cache: a system prompt's keys and values are computed once and copied into every request that starts
-  with it, so an expert prefills only what follows its persona.
+  with it, so an expert prefills only what follows its persona; and the same for what a prompt shares with a recent
+  one (a repeated question, a conversation's earlier turns).
 Its logits equal the transformers forward's to float rounding: ``tests/unit/test_decoders.py`` checks that on a tiny
 Llama, ``tests/integration/test_engine.py`` checks greedy answers on the embedded model.
 """
@@ -25,6 +26,10 @@ from .int4 import HEAD, Int4Groups, Int4Linear, Planes, fits
 
 # System prompts whose keys and values are kept: an expert has one persona, an orchestrator a handful of prompts.
 PREFIX_CACHE_SIZE = 8
+# Tokens of recent whole prompts whose keys and values are kept apart from those (about 46 MB for the embedded model's
+# float32 cache), so a repeated question or a conversation's next turn prefills only what is new, as llama.cpp's
+# server does with its prompt cache. Apart, so a stream of distinct prompts cannot push a persona out.
+RECENT_PROMPT_TOKENS = 1024
 # A projection of at most this many tokens runs on the 4-bit weights, a larger one (a prefill, a wide batch) on the
 # dense copy: the int4 kernel reads a quarter of the bytes, which wins while a step is bound by reading weights, and
 # loses to oneDNN's dense matmul once enough rows share each weight read (bench/speed.py measures both sides).
@@ -192,42 +197,71 @@ class LlamaDecoder(Decoder):
         # The one-row decode step compiled (common/engine/compiled.py), set by make_decoder where it compiles.
         self.step = None
         self._prefixes: OrderedDict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._recent: OrderedDict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
-    def prefill(self, prompts, pad_id, prefix_lens=None):
-        """Prefill with each row's marked prefix taken from the prefix cache (computed once, on first sight).
+    def prefill(self, prompts, pad_id, prefix_lens=None, remember: bool = True):
+        """Prefill what each row's cached start does not cover (see :meth:`_start`), then keep the prompts computed
+        (unless not to ``remember``: a persona's own prefill is kept as a prefix instead).
 
-        The cache holds ``held`` columns of prefixes, right-aligned, then the suffixes, left-padded: a row may carry
+        The cache holds ``held`` columns of cached starts, right-aligned, then the rest, left-padded: a row may carry
         padding in the middle, which its mask hides and its positions skip."""
-        prefix_lens = prefix_lens or [0] * len(prompts)
-        prefixes = [self._prefix(p[:n]) for p, n in zip(prompts, prefix_lens, strict=True)]
-        ids, suffix_mask = left_padded([p[n:] for p, n in zip(prompts, prefix_lens, strict=True)], pad_id,
-                                       self.device)
+        starts = [self._start(p, n) for p, n in zip(prompts, prefix_lens or [0] * len(prompts), strict=True)]
+        lens = [0 if kv is None else kv[0].shape[3] for kv in starts]
+        ids, suffix_mask = left_padded([p[n:] for p, n in zip(prompts, lens, strict=True)], pad_id, self.device)
         rows, width = ids.shape
-        held = max(prefix_lens)
+        held = max(lens)
         cache = KVCache(len(self.layers), rows, self.kv_heads, self.head_dim, KVCache.headroom(held + width),
                         self._attention_anchor)
         prefix_mask = suffix_mask.new_zeros((rows, held))
-        for row, (prefix, n) in enumerate(zip(prefixes, prefix_lens, strict=True)):
+        for row, (kv, n) in enumerate(zip(starts, lens, strict=True)):
             if n:
-                cache.put(row, prefix, held)
+                cache.put(row, kv, held)
                 prefix_mask[row, held - n:] = 1
         cache.length = held
         mask = torch.cat([prefix_mask, suffix_mask], dim=1)
         causal = torch.ones((width, held + width), dtype=torch.bool, device=self.device).tril(held)
         allowed = mask.bool()[:, None, None, :] & causal  # a padding query sees nothing: SDPA gives it zeros
         logits = self._forward(ids, positions_of(mask)[:, held:], allowed, cache)
+        for row, (prompt, n) in enumerate(zip(prompts, lens, strict=True) if remember else ()):
+            self._remember(prompt, cache, row, (held - n, held), (held + width - (len(prompt) - n), held + width))
         return logits.float(), Batch(cache, mask)
 
-    def _prefix(self, tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Keys and values of ``tokens`` as a sequence's start, per layer: from the cache, or computed and kept."""
-        if not tokens:
-            return None
+    def _start(self, prompt: list[int], prefix_len: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Keys and values of the longest start of ``prompt`` known, [layers, 1, heads, n, dim] each, or None.
+
+        Known are the marked prefix ``prompt[:prefix_len]`` (a persona: computed now if unseen, and kept) and
+        what recent prompts share with this one (a repeated question, the earlier turns of a conversation). At least
+        the prompt's last token is always left to compute: its logits are the answer's first."""
+        best_len, best_key = prefix_len, None
+        for tokens in self._recent:
+            shared = min(_common_start(tokens, prompt), len(prompt) - 1)
+            if shared > best_len:
+                best_len, best_key = shared, tokens
+        if best_key is None:
+            return self._prefix(prompt[:prefix_len]) if prefix_len else None
+        self._recent.move_to_end(best_key)
+        keys, values = self._recent[best_key]
+        return keys[:, :, :, :best_len], values[:, :, :, :best_len]
+
+    def _remember(self, prompt: list[int], cache: KVCache, row: int, *spans: tuple[int, int]) -> None:
+        """Keep ``prompt``'s keys and values (the row's columns in ``spans``, in order) among the recent prompts,
+        within :data:`RECENT_PROMPT_TOKENS`, the least recently used going first."""
+        key = tuple(prompt)
+        if key in self._recent or len(prompt) > RECENT_PROMPT_TOKENS:
+            return
+        self._recent[key] = tuple(torch.cat([t[:, row: row + 1, :, a:b] for a, b in spans], dim=3)
+                                  for t in (cache.keys, cache.values))
+        while sum(map(len, self._recent)) > RECENT_PROMPT_TOKENS:
+            self._recent.popitem(last=False)
+
+    def _prefix(self, tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``tokens`` as a sequence's start: from the prefix cache, or computed and kept."""
         key = tuple(tokens)
         if key in self._prefixes:
             self._prefixes.move_to_end(key)
             return self._prefixes[key]
         n = len(tokens)
-        cache = self.prefill([tokens], pad_id=0)[1].cache  # one row, so no padding
+        cache = self.prefill([tokens], pad_id=0, remember=False)[1].cache  # one row, so no padding
         entry = (cache.keys[:, :, :, :n].clone(), cache.values[:, :, :, :n].clone())
         self._prefixes[key] = entry
         if len(self._prefixes) > PREFIX_CACHE_SIZE:
@@ -235,23 +269,7 @@ class LlamaDecoder(Decoder):
         return entry
 
     def _decode(self, ids, mask, positions, cache):
-        if self.step is not None and ids.shape[0] == 1:
-            return self._compiled_decode(ids, mask, positions, cache), cache
         return self._forward(ids, positions, mask.bool()[:, None, None, :], cache), cache
-
-    def _compiled_decode(self, ids, mask, positions, cache):
-        """One row's step through :attr:`step`: it attends over the cache's columns before the new one (bias -inf on
-        padding and on the columns not yet written) and over the new token, whose keys and values are stored here."""
-        start = cache.length
-        cache.reserve(start + 1)
-        bias = torch.full((1, 1, 1, cache.capacity), float("-inf"), device=self.device)
-        bias[0, 0, 0, :start].masked_fill_(mask[0, :start].bool(), 0.0)
-        cos, sin = self._rope(positions)
-        logits, keys, values = self.step(ids, cos, sin, cache.keys, cache.values, bias)
-        cache.keys[:, :, :, start: start + 1] = keys
-        cache.values[:, :, :, start: start + 1] = values
-        cache.length = start + 1
-        return logits
 
     def _merge_caches(self, a: KVCache, b: KVCache, width: int) -> KVCache:
         return KVCache.stacked([(a, None, 0), (b, None, 0)], width)
@@ -261,6 +279,8 @@ class LlamaDecoder(Decoder):
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor, cache: KVCache):
         rows, width = ids.shape
+        if self.step is not None and rows == width == 1:  # a decode step, or a prompt cached but its last token
+            return self._compiled_step(ids, positions, allowed, cache)
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         start = cache.length
         cache.reserve(start + width)
@@ -284,6 +304,21 @@ class LlamaDecoder(Decoder):
         last = F.rms_norm(x[:, -1:], (self.hidden,), self.final_norm, self.eps).to(self.dtype)
         return self.head(last)[:, -1]
 
+    def _compiled_step(self, ids, positions, allowed, cache):
+        """One token of one row through :attr:`step`: it attends over the cache's columns before the new one (bias
+        -inf where not ``allowed`` and on the columns not yet written) and over the new token, whose keys and values
+        are stored here."""
+        start = cache.length
+        cache.reserve(start + 1)
+        bias = torch.full((1, 1, 1, cache.capacity), float("-inf"), device=self.device)
+        bias[0, 0, 0, :start].masked_fill_(allowed[0, 0, 0, :start], 0.0)
+        cos, sin = self._rope(positions)
+        logits, keys, values = self.step(ids, cos, sin, cache.keys, cache.values, bias)
+        cache.keys[:, :, :, start: start + 1] = keys
+        cache.values[:, :, :, start: start + 1] = values
+        cache.length = start + 1
+        return logits
+
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin, [rows, width, 1, head_dim], for :func:`_rotate`."""
         freqs = positions[..., None].float() * self.inv_freq
@@ -296,3 +331,11 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> tor
     """Rotary embedding: ``x * cos + rotate_half(x) * sin``, where rotate_half(x) = (-x2, x1) is the halves of x
     swapped (a roll) with the first one's sign flipped, a flip carried by ``signed_sin``."""
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
+
+
+def _common_start(a: tuple[int, ...], b: list[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
+    n = min(len(a), len(b))
+    if a[:n] == tuple(b[:n]):
+        return n
+    return next(i for i in range(n) if a[i] != b[i])

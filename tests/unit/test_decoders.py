@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
+from common.engine import llama
 from common.engine.decoders import make_decoder
 from common.engine.decoding import TransformersDecoder
 from common.engine.llama import LlamaDecoder, unsupported_reason
@@ -76,6 +77,35 @@ def test_a_cached_prefix_gives_what_prefilling_the_whole_prompt_gives():
             for tokens, want in zip(feed, expected_steps, strict=True):
                 assert torch.allclose(lean.decode(batch, torch.tensor(tokens)[:, None]), want, atol=1e-4, rtol=0)
     assert len(lean._prefixes) == 2
+
+
+def test_what_a_prompt_shares_with_a_recent_one_is_not_prefilled_again(monkeypatch):
+    """A repeated prompt prefills its last token only, a longer one (a conversation's next turn) what is new; the
+    logits are what prefilling the whole prompt gives."""
+    model = tiny()
+    lean, widths = LlamaDecoder(model), []
+    forward = lean._forward
+    monkeypatch.setattr(lean, "_forward", lambda ids, *a: widths.append(ids.shape[1]) or forward(ids, *a))
+    first, repeated, longer = list(range(30, 50)), list(range(30, 50)), [*range(30, 50), 60, 61, 62]
+    with torch.inference_mode():
+        for prompt in (first, repeated, longer):
+            got, batch = lean.prefill([prompt], PAD)
+            expected, whole = TransformersDecoder(model).prefill([prompt], PAD)
+            assert torch.allclose(got, expected, atol=1e-4, rtol=0)
+            step = torch.tensor([[7]])
+            assert torch.allclose(lean.decode(batch, step), TransformersDecoder(model).decode(whole, step),
+                                  atol=1e-4, rtol=0)
+    assert widths == [20, 1, 1, 1, 3, 1]  # each prefill, then one decode step
+
+
+def test_recent_prompts_are_kept_within_their_token_budget_and_spare_the_personas(monkeypatch):
+    monkeypatch.setattr(llama, "RECENT_PROMPT_TOKENS", 50)
+    lean, persona = LlamaDecoder(tiny()), list(range(30, 42))
+    with torch.inference_mode():
+        for first in range(1, 9):
+            lean.prefill([persona + [first] * 10], PAD, [len(persona)])
+    assert sum(map(len, lean._recent)) <= 50 and len(lean._recent) == 2  # the newest two of 22 tokens
+    assert list(lean._prefixes) == [tuple(persona)]
 
 
 def test_select_drops_the_columns_that_only_padded_the_rows_that_left():
