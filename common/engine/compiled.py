@@ -133,7 +133,7 @@ def _disagreement(decoder, step) -> str | None:
     """How the compiled step's logits differ from the eager step's after a short prompt, or None if they agree to
     rounding (the same top token, each logit within :data:`MAX_RELATIVE_DIFFERENCE` of the largest)."""
     with torch.inference_mode():
-        logits, batch = decoder.prefill([list(range(1, 17))], pad_id=0)
+        logits, batch = decoder.prefill([list(range(1, 17))], pad_id=0, remember=False)
         token = logits.argmax(-1, keepdim=True)
         twin = Batch(KVCache.stacked([(batch.cache, None, 0)], batch.cache.length), batch.mask.clone())
         expected = decoder.decode(batch, token)
@@ -194,6 +194,7 @@ def _package(module: _Step, example: tuple[torch.Tensor, ...], cache_dir: Path) 
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.exists():
             return path
+        torch._inductor.cpp_builder.get_cpp_compiler()  # fails at once where there is none (a slim image)
         log.info("compiling the one-row decode step (once per model shape and torch build)")
         capacity = torch.export.Dim("capacity", min=2, max=1 << 20)
         dynamic = {"ids": None, "cos": None, "sin": None, "keys": {3: capacity}, "values": {3: capacity},
