@@ -360,8 +360,7 @@ class LocalEngine:
         return len(rows) <= 1 or self._cache_bytes(len(rows), max(r.span for r in rows)) <= self.kv_cache_bytes
 
     def _cache_bytes(self, rows: int, span: int) -> float:
-        # the decoder's cache grows in steps ahead of what is in use (KVCache.headroom: an eighth, at least 16
-        # columns); half again is counted, which leaves room for the copy made while it grows
+        # the decoder's cache grows in steps, up to half again what is in use (KVCache.headroom)
         return rows * span * 1.5 * self.decoder.kv_bytes_per_token
 
     def _last_tokens(self, rows: list[_Row]) -> torch.Tensor:
