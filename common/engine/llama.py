@@ -26,9 +26,9 @@ from .int4 import HEAD, Int4Groups, Int4Linear, Planes, fits
 
 # System prompts whose keys and values are kept: an expert has one persona, an orchestrator a handful of prompts.
 PREFIX_CACHE_SIZE = 8
-# Tokens of recent whole prompts whose keys and values are kept apart from those (about 46 MB for the embedded model's
-# float32 cache), so a repeated question or a conversation's next turn prefills only what is new, as llama.cpp's
-# server does with its prompt cache. Apart, so a stream of distinct prompts cannot push a persona out.
+# Tokens of recent whole prompts whose keys and values (and last logits) are kept apart from those (about 46 MB for
+# the embedded model's float32 cache), so a conversation's next turn prefills only what is new, as llama.cpp's server
+# does with its prompt cache, and a repeated question nothing. Apart, so distinct prompts cannot push a persona out.
 RECENT_PROMPT_TOKENS = 1024
 # A projection of at most this many tokens runs on the 4-bit weights, a larger one (a prefill, a wide batch) on the
 # dense copy: the int4 kernel reads a quarter of the bytes, which wins while a step is bound by reading weights, and
@@ -201,60 +201,71 @@ class LlamaDecoder(Decoder):
         # The one-row decode step compiled (common/engine/compiled.py), set by make_decoder where it compiles.
         self.step = None
         self._prefixes: OrderedDict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self._recent: OrderedDict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._recent: OrderedDict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
 
     def prefill(self, prompts, pad_id, prefix_lens=None, remember: bool = True):
         """Prefill what each row's cached start does not cover (see :meth:`_start`), then keep the prompts computed
         (unless not to ``remember``: a persona's own prefill is kept as a prefix instead).
 
         The cache holds ``held`` columns of cached starts, right-aligned, then the rest, left-padded: a row may carry
-        padding in the middle, which its mask hides and its positions skip."""
+        padding in the middle, which its mask hides and its positions skip. A prompt seen whole before has nothing
+        left to compute: its row is all padding in the rest, and its logits are the ones kept with it."""
         starts = [self._start(p, n) for p, n in zip(prompts, prefix_lens or [0] * len(prompts), strict=True)]
-        lens = [0 if kv is None else kv[0].shape[3] for kv in starts]
+        lens = [0 if start is None else start[0].shape[3] for start in starts]
         ids, suffix_mask = left_padded([p[n:] for p, n in zip(prompts, lens, strict=True)], pad_id, self.device)
         rows, width = ids.shape
         held = max(lens)
         cache = KVCache(len(self.layers), rows, self.kv_heads, self.head_dim, KVCache.headroom(held + width, rows),
                         self._attention_anchor)
         prefix_mask = suffix_mask.new_zeros((rows, held))
-        for row, (kv, n) in enumerate(zip(starts, lens, strict=True)):
+        for row, (start, n) in enumerate(zip(starts, lens, strict=True)):
             if n:
-                cache.put(row, kv, held)
+                cache.put(row, start[:2], held)
                 prefix_mask[row, held - n:] = 1
         cache.length = held
         mask = torch.cat([prefix_mask, suffix_mask], dim=1)
-        causal = torch.ones((width, held + width), dtype=torch.bool, device=self.device).tril(held)
-        allowed = mask.bool()[:, None, None, :] & causal  # a padding query sees nothing: SDPA gives it zeros
-        logits = self._forward(ids, positions_of(mask)[:, held:], allowed, cache)
-        for row, (prompt, n) in enumerate(zip(prompts, lens, strict=True) if remember else ()):
-            self._remember(prompt, cache, row, (held - n, held), (held + width - (len(prompt) - n), held + width))
-        return logits.float(), Batch(cache, mask)
+        if width:
+            causal = torch.ones((width, held + width), dtype=torch.bool, device=self.device).tril(held)
+            allowed = mask.bool()[:, None, None, :] & causal  # a padding query sees nothing: SDPA gives it zeros
+            logits = self._forward(ids, positions_of(mask)[:, held:], allowed, cache).float()
+        else:
+            logits = torch.empty((rows, self.embed.shape[0]), device=self.device)
+        for row, (prompt, start, n) in enumerate(zip(prompts, starts, lens, strict=True)):
+            if start is not None and start[2] is not None:
+                logits[row] = start[2]
+            elif remember:
+                self._remember(prompt, cache, row, logits[row],
+                               (held - n, held), (held + width - (len(prompt) - n), held + width))
+        return logits, Batch(cache, mask)
 
-    def _start(self, prompt: list[int], prefix_len: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Keys and values of the longest start of ``prompt`` known, [layers, 1, heads, n, dim] each, or None.
+    def _start(self, prompt: list[int], prefix_len: int) -> tuple[torch.Tensor, ...] | None:
+        """Keys and values of the longest start of ``prompt`` known ([layers, 1, heads, n, dim] each) and, when that
+        start is the whole prompt, its last position's logits (else None); None when no start is known.
 
         Known are the marked prefix ``prompt[:prefix_len]`` (a persona: computed now if unseen, and kept) and
-        what recent prompts share with this one (a repeated question, the earlier turns of a conversation). At least
-        the prompt's last token is always left to compute: its logits are the answer's first."""
+        what recent prompts share with this one (a repeated question, the earlier turns of a conversation)."""
         best_len, best_key = prefix_len, None
         for tokens in self._recent:
-            shared = min(_common_start(tokens, prompt), len(prompt) - 1)
+            # a recent prompt that runs past this one holds no logits for this one's end: one token is left to compute
+            shared = min(_common_start(tokens, prompt), len(prompt) - (len(tokens) != len(prompt)))
             if shared > best_len:
                 best_len, best_key = shared, tokens
         if best_key is None:
-            return self._prefix(prompt[:prefix_len]) if prefix_len else None
+            return (*self._prefix(prompt[:prefix_len]), None) if prefix_len else None
         self._recent.move_to_end(best_key)
-        keys, values = self._recent[best_key]
-        return keys[:, :, :, :best_len], values[:, :, :, :best_len]
+        keys, values, logits = self._recent[best_key]
+        return keys[:, :, :, :best_len], values[:, :, :, :best_len], logits if best_len == len(prompt) else None
 
-    def _remember(self, prompt: list[int], cache: KVCache, row: int, *spans: tuple[int, int]) -> None:
-        """Keep ``prompt``'s keys and values (the row's columns in ``spans``, in order) among the recent prompts,
-        within :data:`RECENT_PROMPT_TOKENS`, the least recently used going first."""
+    def _remember(self, prompt: list[int], cache: KVCache, row: int, logits: torch.Tensor,
+                  *spans: tuple[int, int]) -> None:
+        """Keep ``prompt``'s keys and values (the row's columns in ``spans``, in order) and its last logits among the
+        recent prompts, within :data:`RECENT_PROMPT_TOKENS`, the least recently used going first."""
         key = tuple(prompt)
         if key in self._recent or len(prompt) > RECENT_PROMPT_TOKENS:
             return
-        self._recent[key] = tuple(torch.cat([t[:, row: row + 1, :, a:b] for a, b in spans], dim=3)
-                                  for t in (cache.keys, cache.values))
+        keys, values = (torch.cat([t[:, row: row + 1, :, a:b] for a, b in spans], dim=3)
+                        for t in (cache.keys, cache.values))
+        self._recent[key] = (keys, values, logits.clone())
         while sum(map(len, self._recent)) > RECENT_PROMPT_TOKENS:
             self._recent.popitem(last=False)
 

@@ -80,8 +80,8 @@ def test_a_cached_prefix_gives_what_prefilling_the_whole_prompt_gives():
 
 
 def test_what_a_prompt_shares_with_a_recent_one_is_not_prefilled_again(monkeypatch):
-    """A repeated prompt prefills its last token only, a longer one (a conversation's next turn) what is new; the
-    logits are what prefilling the whole prompt gives."""
+    """A repeated prompt is not prefilled at all (its keys, values and logits are kept), a longer one (a
+    conversation's next turn) only what is new; the logits are what prefilling the whole prompt gives."""
     model = tiny()
     lean, widths = LlamaDecoder(model), []
     forward = lean._forward
@@ -95,7 +95,16 @@ def test_what_a_prompt_shares_with_a_recent_one_is_not_prefilled_again(monkeypat
             step = torch.tensor([[7]])
             assert torch.allclose(lean.decode(batch, step), TransformersDecoder(model).decode(whole, step),
                                   atol=1e-4, rtol=0)
-    assert widths == [20, 1, 1, 1, 3, 1]  # each prefill, then one decode step
+    assert widths == [20, 1, 1, 3, 1]  # the first prompt and a decode step, the repeated one's decode step, ...
+    mixed = [first, [70, 71, 72]]  # one row seen whole, one new: only the new one is computed
+    with torch.inference_mode():
+        got, batch = lean.prefill(mixed, PAD)
+        expected, whole = TransformersDecoder(model).prefill(mixed, PAD)
+        assert torch.allclose(got, expected, atol=1e-4, rtol=0)
+        step = torch.tensor([[7], [8]])
+        assert torch.allclose(lean.decode(batch, step), TransformersDecoder(model).decode(whole, step),
+                              atol=1e-4, rtol=0)
+    assert widths[5] == 3
 
 
 def test_recent_prompts_are_kept_within_their_token_budget_and_spare_the_personas(monkeypatch):
