@@ -3,8 +3,8 @@
 At one row a decode step of a small model is short on arithmetic and long on operators: profiling SmolLM2-135M on
 two cores with 4-bit weights, about 5.5 ms of a 12 ms step were the int4 matmuls and most of the rest the launch
 cost of some forty small operators a layer in eager PyTorch. Compiled into one C++ function (norms, rotary
-embedding and attention fused into loops; the int4 matmuls called directly), the same step ran at 123 tokens/s
-against 85 (``bench/weights.py`` measures it in ``make bench``).
+embedding and attention fused into loops; the int4 matmuls called directly), a bare one-row decode ran at 133
+tokens/s against 83 (``bench/weights.py`` measures it in ``make bench``).
 
 - The graph is exported once per shape of the model and torch build and kept under the cache directory; it holds no
   weights: it is loaded with the decoder's own tensors as its constants (shared, not copied), so the weights stay
@@ -14,7 +14,7 @@ against 85 (``bench/weights.py`` measures it in ``make bench``).
   the new keys and values of every layer; the caller writes them with one copy. Writing them inside the graph would
   make it copy the whole cache, since a compiled graph may not mutate its inputs in place.
 - At load the compiled step is checked against the eager one on a real cache; a step that disagrees, or a machine
-  without a C++ compiler, keeps the eager step (``unavailable_reason`` says why).
+  without a C++ compiler, keeps the eager step (:func:`compile_step` returns why, and the log says it).
 """
 
 from __future__ import annotations
@@ -204,6 +204,9 @@ def _package(module: _Step, cache_dir: Path) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.exists():
             return path
+        failed = path.with_suffix(".failed")
+        if failed.exists():  # not ~50 s again at every start: the same code on the same machine fails the same way
+            raise RuntimeError(f"an earlier compile of this step failed (delete {failed} to try again)")
         torch._inductor.cpp_builder.get_cpp_compiler()  # fails at once where there is none (a slim image)
         log.info("compiling the one-row decode step (once per model shape and torch build)")
         partial = path.with_suffix(f".{os.getpid()}.partial.pt2")
@@ -213,6 +216,7 @@ def _package(module: _Step, cache_dir: Path) -> Path:
             child.start()
             child.join()
             if child.exitcode != 0:
+                failed.touch()
                 raise RuntimeError(f"the compile process failed (exit code {child.exitcode}; its log is above)")
             os.replace(partial, path)
         finally:

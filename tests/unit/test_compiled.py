@@ -6,6 +6,7 @@ The compiled step itself is exercised on the embedded model (tests/integration/t
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -78,3 +79,30 @@ def test_a_compiled_step_that_disagrees_with_the_eager_one_is_not_used(tmp_path,
     assert "differ from the eager step's" in compiled.compile_step(decoder, tmp_path)
     assert decoder.step is None
     assert decodes(decoder)
+
+
+class FailingProcess:
+    """A compile process that exits non-zero, counting how often one is started."""
+
+    started = 0
+
+    def __init__(self, **kw):
+        pass
+
+    def start(self):
+        FailingProcess.started += 1
+
+    def join(self):
+        self.exitcode = 1
+
+
+def test_a_compile_that_failed_is_not_tried_again_at_every_start(tmp_path, monkeypatch):
+    monkeypatch.setattr(compiled.multiprocessing, "get_context", lambda method: type("Ctx", (), {
+        "Process": FailingProcess}))
+    monkeypatch.setattr(torch._inductor.cpp_builder, "get_cpp_compiler", lambda: "g++")
+    module = compiled._Step.of(four_bit(tiny_bf16()))
+    for expected in ("the compile process failed", "an earlier compile of this step failed"):
+        with pytest.raises(RuntimeError, match=expected):
+            compiled._package(module, tmp_path)
+    assert FailingProcess.started == 1
+    assert len(list((tmp_path / "compiled").glob("*.failed"))) == 1
