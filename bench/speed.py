@@ -3,9 +3,9 @@
 Both get every core, the same messages (the expert's persona prompt and a question) and 64 forced tokens per request
 (``min_new_tokens`` on our side, ``ignore_eos`` on theirs), at 1, 4 and 16 requests at once. Waves alternate between
 the two servers (this VM drifts minute to minute), keeping each one's best; time to first token is the median of
-streamed single requests, alternated too, for the waves' question (both servers keep a recent prompt computed: only
-its last token is prefilled) and for a new question each round (its whole question prefilled); our expert's peak
-RSS is sampled throughout.
+streamed single requests, alternated too, for the waves' question (both servers keep a recent prompt computed: ours
+prefills none of it, llama.cpp its last token) and for a new question each round (its whole question prefilled);
+our expert's peak RSS is sampled throughout.
 ``python -m bench.speed`` runs this section alone.
 """
 
