@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
-.PHONY: install install-dev run test test-unit bench soak lint clean up down compose-config compose-e2e e2e-browser e2e-servers
+.PHONY: install install-dev run first-start test test-unit bench soak lint clean up down compose-config compose-e2e \
+	e2e-browser e2e-servers
 
 install: $(STAMP)
 $(STAMP): requirements.txt requirements-nodeps.txt
@@ -25,6 +26,9 @@ $(DEV_STAMP): $(STAMP) requirements-dev.txt requirements-dev-nodeps.txt
 
 run: install ## both experts and the orchestrator, logs interleaved; Ctrl-C stops all
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f Procfile
+
+first-start: ## make run as a new user would, runtime requirements only (CI's first stage); needs a fresh clone
+	bash tests/e2e/first_start.sh
 
 test: install-dev ## unit + integration tests (the README's test command)
 	$(PY) -m pytest $(PYTEST_ARGS)
