@@ -5,9 +5,13 @@
 #                or https://download.pytorch.org/whl/cpu for a small CPU-only image
 #   PIP_FIND_LINKS  extra places pip looks for wheels (pip reads it from the environment), e.g. a local folder of
 #                   wheels served on 127.0.0.1 to a build with host networking
+#   CXX          1 (default): install g++, with which each service compiles the model's one-row decode step once on
+#                the CPU it runs on (COMPILE=auto: about 50 s at the first start, cached in the data volume; see
+#                the README's "Quantized weights" for the speed it gains); 0: a smaller image, eager decode step
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 
+ARG CXX=1
 ARG TORCH_SPEC=torch==2.13.0
 ARG TORCH_INDEX=
 ARG PIP_FIND_LINKS=
@@ -20,6 +24,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     CACHE_DIR=/data/models \
     HF_HOME=/data/hf
 
+# A compiler, not a compiled step: what AOTInductor builds is specific to the CPU it is built on, and an image runs
+# on other CPUs than the one that built it.
+RUN if [ "$CXX" = 1 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends g++ \
+    && rm -rf /var/lib/apt/lists/*; fi
 RUN useradd --create-home --uid 1000 conclave && mkdir -p /data && chown conclave /data
 WORKDIR /app
 

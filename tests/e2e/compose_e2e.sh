@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # make compose-e2e: build the image, bring the stack up with docker compose, wait for health, ask a task, tear down.
-# Needs a Docker engine. Where none runs, Debian's docker.io is started here (no bridge, no iptables: host
-# networking only). Where python:3.11-slim cannot be pulled, a stand-in is built from Debian bookworm with
-# debootstrap. Traffic goes to 127.0.0.1 only.
+# Needs a Docker engine. Where none runs, Debian's docker.io is installed and started here (no bridge, no iptables:
+# host networking only). Where python:3.11-slim cannot be pulled, a stand-in is built from Debian bookworm with
+# debootstrap (with the Python headers python:3.11-slim has). Traffic goes to 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -10,6 +10,13 @@ WORK=${E2E_WORK:-/tmp/conclave-e2e}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 COMPOSE="docker compose -f compose.yaml -f tests/e2e/compose.e2e.yaml"
 mkdir -p "$WORK"
+need=()
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "== apt-get install ${need[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
 
 if ! docker compose version >/dev/null 2>&1; then
   mkdir -p ~/.docker/cli-plugins
@@ -25,7 +32,7 @@ if ! docker image inspect python:3.11-slim >/dev/null 2>&1 && ! timeout 60 docke
   echo "== no registry: standing in python:3.11-slim from Debian bookworm"
   if ! docker image inspect conclave-bookworm-raw >/dev/null 2>&1; then
     rm -rf "$WORK/rootfs"
-    debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates bookworm \
+    debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,libpython3-dev,ca-certificates bookworm \
       "$WORK/rootfs" "$MIRROR" >"$WORK/debootstrap.log"
     tar -C "$WORK/rootfs" -c . | docker import - conclave-bookworm-raw
   fi
@@ -54,8 +61,11 @@ trap cleanup EXIT
 export PIP_FIND_LINKS="http://127.0.0.1:$PORT/"
 
 echo "== docker compose build"
+built=$(date +%s)
 $COMPOSE build
+echo "== built in $(( $(date +%s) - built ))s: $(docker image inspect conclave:latest --format '{{.Size}}') bytes"
 echo "== docker compose up"
+up=$(date +%s)
 $COMPOSE up -d
 for _ in $(seq 120); do
   status=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:5002/ready || true)
@@ -64,13 +74,16 @@ for _ in $(seq 120); do
 done
 $COMPOSE ps
 [ "$status" = 200 ] || { $COMPOSE logs --tail 50; echo "orchestrator never became ready"; exit 1; }
-echo "== POST /integrate"
+echo "== all ready $(( $(date +%s) - up ))s after up"
+for port in 5000 5001 5002; do echo ":$port $(curl -s http://127.0.0.1:$port/ready)"; done
+echo "== the README's seed curl"
 answer=$(curl -s -X POST http://127.0.0.1:5002/integrate -H 'Content-Type: application/json' \
-  -d '{"task": "制定人工智能合规标准，避免人工智能伤害人类", "strategy": "panel"}')
+  -d '{"task": "制定人工智能合规标准，避免人工智能伤害人类"}')
 echo "$answer" | python3 -c '
 import json, sys
 body = json.load(sys.stdin)
 print("experts consulted:", body["experts"])
 print("answer:", body["response"][:400])
-assert body["response"].strip() and body["experts"], body
-print("compose e2e: OK")'
+assert body["response"].strip() and body["experts"], body'
+if $COMPOSE logs 2>&1 | grep -n Traceback; then $COMPOSE logs --tail 80; echo "a traceback in the logs"; exit 1; fi
+echo "compose e2e: OK"

@@ -52,8 +52,13 @@ done
 stamp "make run (the README's first command)"
 setsid make --no-print-directory run VENV="$VENV" >"$LOG" 2>&1 &
 stack=$!
+ready() {  # PORT: /ready answers 200, and the orchestrator's has found every expert
+  local body
+  body=$(curl -s -f "http://127.0.0.1:$1/ready") || return 1
+  [ "$1" != 5002 ] || [[ "$body" == *'"experts_missing":[]'* ]]
+}
 for port in 5000 5001 5002; do
-  until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/ready")" = 200 ]; do
+  until ready "$port"; do
     kill -0 "$stack" 2>/dev/null || fail "the stack exited before :$port was ready"
     [ $(( $(date +%s) - started )) -lt "$READY_TIMEOUT_S" ] || fail ":$port not ready after ${READY_TIMEOUT_S}s"
     sleep 2
