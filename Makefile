@@ -51,7 +51,7 @@ e2e-servers: install-dev ## real peer servers: llama-server (built once, cached 
 compose-config: install-dev
 	$(PY) -m pytest tests/unit/test_compose.py $(PYTEST_ARGS)
 
-compose-e2e: ## builds the image and runs the stack (needs a Docker engine)
+compose-e2e: install-dev ## builds the image and runs the stack (needs a Docker engine)
 	bash tests/e2e/compose_e2e.sh
 
 up:

@@ -129,7 +129,8 @@ def probe(client, label: str, mounted: dict[str, dict]) -> list[str]:
     """Every GET route of the app that takes no parameter, and one JSON-RPC call to each mounted endpoint: no
     server error (a 503 is an answer here, as no model is loaded) and no JSON-RPC error but the expected one."""
     failures = []
-    paths = sorted({r.rule for r in client.application.url_map.iter_rules() if "GET" in r.methods and "<" not in r.rule})
+    rules = client.application.url_map.iter_rules()
+    paths = sorted({r.rule for r in rules if "GET" in r.methods and "<" not in r.rule})
     headers = {"A2A-Version": "1.0", "Accept": "application/json, text/event-stream"}
     for method, path, body in [("GET", p, None) for p in paths] + [("POST", p, b) for p, b in mounted.items()]:
         resp = client.open(path, method=method, json=body, headers=headers)
