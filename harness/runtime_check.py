@@ -115,7 +115,7 @@ def import_all() -> list[str]:
         for name in names:
             try:
                 importlib.import_module(name)
-            except Exception:
+            except (Exception, SystemExit):  # a module that exits when imported is a script, not a module
                 failures.append(f"import {name}:\n{traceback.format_exc()}")
     return failures
 
@@ -176,7 +176,7 @@ def check() -> int:
                 failures = [f"building the apps:\n{traceback.format_exc()}"]
     for failure in failures:
         print(failure, file=sys.stderr)
-    print(f"runtime check: {'FAILED' if failures else 'OK'} ({len(failures)} problems) in {sys.prefix}")
+    print(f"runtime check: {'FAILED' if failures else 'OK'} ({len(failures)} problems) with {sys.executable}")
     sys.stdout.flush()
     os._exit(1 if failures else 0)  # the apps' background threads (engines made, not started) need no wait
 
