@@ -32,8 +32,8 @@ if ! docker image inspect python:3.11-slim >/dev/null 2>&1 && ! timeout 60 docke
   echo "== no registry: standing in python:3.11-slim from Debian bookworm"
   if ! docker image inspect conclave-bookworm-raw >/dev/null 2>&1; then
     rm -rf "$WORK/rootfs"
-    debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,libpython3-dev,ca-certificates bookworm \
-      "$WORK/rootfs" "$MIRROR" >"$WORK/debootstrap.log"
+    debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,libpython3-dev,ca-certificates \
+      bookworm "$WORK/rootfs" "$MIRROR" >"$WORK/debootstrap.log"
     tar -C "$WORK/rootfs" -c . | docker import - conclave-bookworm-raw
   fi
   CERT=$(pip config get global.cert 2>/dev/null || echo /etc/ssl/certs/ca-certificates.crt)
@@ -75,7 +75,14 @@ done
 $COMPOSE ps
 [ "$status" = 200 ] || { $COMPOSE logs --tail 50; echo "orchestrator never became ready"; exit 1; }
 echo "== all ready $(( $(date +%s) - up ))s after up"
-for port in 5000 5001 5002; do echo ":$port $(curl -s http://127.0.0.1:$port/ready)"; done
+for port in 5000 5001 5002; do
+  ready=$(curl -s "http://127.0.0.1:$port/ready")
+  echo ":$port $ready"
+  # the image's g++ compiles the decode step on an AVX512 CPU, as outside a container (Dockerfile: CXX)
+  if grep -qw avx512f /proc/cpuinfo && [[ "$ready" != *'"decode_step":"compiled"'* ]]; then
+    $COMPOSE logs --tail 80; echo ":$port did not compile its decode step on this AVX512 CPU"; exit 1
+  fi
+done
 echo "== the README's seed curl"
 answer=$(curl -s -X POST http://127.0.0.1:5002/integrate -H 'Content-Type: application/json' \
   -d '{"task": "制定人工智能合规标准，避免人工智能伤害人类"}')
