@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from agents.personas import get_persona
-from bench import knowledge, quality, speed, tool_calls, weights
+from bench import knowledge, machine, quality, speed, tool_calls, weights
 from bench.load import ALONE, CORES, NEW_TOKENS, PROMPTS, PeakRss
 from common.engine.decoders import make_decoder
 from common.engine.loading import cpu_has_native_bf16, load_model, pick_dtype
@@ -324,6 +324,7 @@ def main() -> None:
             "knowledge": knowledge.knowledge(work),
         }
     results["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    results["cpu"] = machine.cpu()
     report(results)
     path = HERE / "results" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(results, indent=2, ensure_ascii=False))

@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from bench.load import CORES, NEW_TOKENS, PROMPTS
+from bench.machine import cpu_line
 from common.engine import int4
 from common.engine.decoders import make_decoder
 from common.engine.decoding import teacher_forced
@@ -113,6 +114,7 @@ def weights() -> dict:
 def report(w: dict) -> None:
     print("\n== Weights: bfloat16 dense vs the checkpoint's 4-bit weights, eager and compiled (in-process, greedy, "
           "teacher-forced) ==")
+    print(cpu_line())
     if w["skipped"]:
         print(f"(skipped: {w['skipped']})")
         return
