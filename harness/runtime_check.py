@@ -19,27 +19,24 @@ import importlib
 import logging
 import os
 import pkgutil
-import re
 import subprocess
 import sys
 import tempfile
 import traceback
 from importlib import metadata
 from pathlib import Path
+from typing import NoReturn
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("common", "agents", "orchestrator")
 
 
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def resolve(requirement_files: list[Path]) -> set[str]:
     """The installed distributions (canonical names) that these requirement files bring in: each requirement, and
     what it requires with its extras, recursively; a file whose name says ``nodeps`` brings in its lines alone."""
-    from packaging.requirements import Requirement
-
     wanted: set[str] = set()
     todo: list[tuple[Requirement, bool]] = []
     for path in requirement_files:
@@ -50,7 +47,7 @@ def resolve(requirement_files: list[Path]) -> set[str]:
     seen: set[tuple[str, frozenset]] = set()
     while todo:
         req, follow = todo.pop()
-        name = canonical(req.name)
+        name = canonicalize_name(req.name)
         key = (name, frozenset(req.extras))
         if key in seen:
             continue
@@ -73,15 +70,13 @@ def site_view(keep: set[str], into: Path) -> None:
     """Symlink into ``into`` the files of the installed distributions named in ``keep``, and nothing else: a
     site-packages as ``pip install`` of just those would have made it (top-level folders that one distribution
     owns are linked whole, shared ones file by file)."""
+    dists = {canonicalize_name(d.metadata["Name"]): d for d in metadata.distributions()}
     owners: dict[str, set[str]] = {}
-    for dist in metadata.distributions():
+    for name, dist in dists.items():
         for file in dist.files or []:
             if file.parts and file.parts[0] != "..":
-                owners.setdefault(file.parts[0], set()).add(canonical(dist.metadata["Name"]))
-    for dist in metadata.distributions():
-        name = canonical(dist.metadata["Name"])
-        if name not in keep:
-            continue
+                owners.setdefault(file.parts[0], set()).add(name)
+    for dist in (d for name, d in dists.items() if name in keep):
         for file in dist.files or []:
             if not file.parts or file.parts[0] == "..":
                 continue
@@ -103,7 +98,7 @@ def run_isolated(requirement_files: list[Path]) -> int:
         view.mkdir()
         site_view(keep, view)
         boot = (f"import site, sys; site.addsitedir({str(view)!r}); sys.path.insert(0, {str(ROOT)!r}); "
-                "from harness.runtime_check import check; sys.exit(check())")
+                "from harness.runtime_check import check; check()")
         # -I: no user site, no PYTHONPATH; -S: not the environment's own site-packages
         return subprocess.run([sys.executable, "-I", "-S", "-c", boot], cwd=tmp).returncode
 
@@ -164,7 +159,7 @@ def build_and_probe(data_dir: Path) -> list[str]:
     return failures
 
 
-def check() -> int:
+def check() -> NoReturn:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.disable(logging.WARNING)  # the SDKs' chatter, and the orchestrator finding no expert: errors show
     failures = import_all()
@@ -186,7 +181,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", type=Path, metavar="REQUIREMENTS",
                         help="check on a view of site-packages holding only what these requirement files resolve to")
     args = parser.parse_args()
-    sys.exit(run_isolated(args.only) if args.only else check())
+    if args.only:
+        sys.exit(run_isolated(args.only))
+    check()
 
 
 if __name__ == "__main__":
