@@ -12,7 +12,7 @@ from agents.personas import get_persona
 from agents.service import VERSION, ExpertService
 from agents.sessions import SessionStore
 from common import a2a
-from common.embedding import Embedder
+from common.embedding import choose_embedder
 from common.engine import start_engine
 from common.openapi import Route, build_openapi
 from common.protocol import (
@@ -65,7 +65,8 @@ def create_app(settings: AgentSettings | None = None, engine=None, embedder=None
     metrics = install(app, settings, persona.id)
     sessions = SessionStore(settings.data_dir / f"sessions-{persona.id}.sqlite3", settings.retain_days)
     knowledge = Knowledge(open_store(settings.knowledge_store, settings.data_dir, persona.id),
-                          embedder or Embedder, settings.knowledge_top_k, settings.knowledge_min_score)
+                          embedder or (lambda: choose_embedder(settings.knowledge_embedder)), settings.knowledge_top_k,
+                          settings.knowledge_min_score)
     knowledge.start(persona.knowledge_files(), persona.catalog_dir)
     service = ExpertService(settings, persona, engine, sessions, metrics, knowledge)
     app.extensions["expert"] = service

@@ -1,11 +1,15 @@
-"""An expert's knowledge base: documents split into chunks, embedded with MiniLM, stored and searched, and the
-answers that cite them.
+"""An expert's knowledge base: documents split into chunks, embedded (multilingual e5 by default, see
+common/embedding.py), stored and searched, and the answers that cite them.
 
 Two stores with one interface and the same SQL shape: SQLite with sqlite-vec by default (one file per expert beside
 its sessions, no server, safe across processes: the CLI ingests while the expert serves), and Postgres with pgvector
 (``KNOWLEDGE_STORE=postgresql://...``) for users who outgrow one machine or share one knowledge base between
 replicas. A KNN search over 10,000 chunks takes a few milliseconds in SQLite. Every write is one transaction, so a
 document is stored whole or not at all.
+
+A store records the embedder its vectors come from. Vectors of two embedders cannot be compared, so when the
+embedder changes (a setting, or a store from before the record) every stored chunk is embedded again, in one
+transaction, before the store is searched or written.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 import sqlite_vec
 
 from agents.documents import Chunk, UnreadableDocument, chunks, read
-from common.embedding import DIMENSIONS
+from common.embedding import DIMENSIONS, SentenceEmbedder
 from common.text import join_sentences, sentences
 
 try:  # the standard module, where the Python build can load extensions; else a wheel with its own SQLite
@@ -36,9 +40,10 @@ except AttributeError:  # pyenv's and some distributions' Pythons are built with
 log = logging.getLogger(__name__)
 
 TOP_K = 3
-MIN_SCORE = 0.4  # cosine: below it a passage is unrelated, and nothing is better than something unrelated
+# On MiniLM's scale (the embedder's ``score``); the relevance floor is the embedder's own (``relevant``).
 SUPPORTED = 0.6  # an answer sentence this close to a source sentence says what the source says
 ALREADY_SAID = 0.8  # the answer already has the passage's best sentence when one of its sentences is this close
+REEMBED_BATCH = 64
 CITATION = re.compile(r"\s*\[\d+\]")
 FIGURE = re.compile(r"\d+(?:[.,]\d+)*")
 
@@ -51,6 +56,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     lead TEXT NOT NULL, body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks(document_id);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunk_vectors USING vec0(embedding float[{DIMENSIONS}] distance_metric=cosine);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -144,6 +150,25 @@ class KnowledgeStore:
     def count(self) -> int:
         return self._db().execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
 
+    def embedder(self) -> str | None:
+        """The name of the embedder the stored vectors come from (None: not recorded, or nothing stored yet)."""
+        row = self._db().execute("SELECT value FROM meta WHERE key = 'embedder'").fetchone()
+        return row[0] if row else None
+
+    def reembed(self, name: str, embed: Callable[[list[str]], np.ndarray]) -> int:
+        """Replace every chunk's vector with ``embed``'s, and record ``name``, in one transaction."""
+        with self._db() as db:
+            rows = db.execute("SELECT id, lead, body FROM chunks ORDER BY id").fetchall()
+            for start in range(0, len(rows), REEMBED_BATCH):
+                batch = rows[start:start + REEMBED_BATCH]
+                vectors = embed([f"{lead}: {body}" for _, lead, body in batch])
+                db.executemany("DELETE FROM chunk_vectors WHERE rowid = ?", [(i,) for i, _, _ in batch])
+                db.executemany("INSERT INTO chunk_vectors (rowid, embedding) VALUES (?, ?)",
+                               [(i, np.asarray(v, dtype=np.float32).tobytes())
+                                for (i, _, _), v in zip(batch, vectors, strict=True)])
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('embedder', ?)", (name,))
+        return len(rows)
+
     def search(self, vector: np.ndarray, k: int) -> list[Passage]:
         rows = self._db().execute(
             """SELECT c.document_id, d.title, c.ord, c.lead, c.body, v.distance
@@ -165,6 +190,7 @@ CREATE TABLE IF NOT EXISTS {chunks} (
     ord INTEGER NOT NULL, lead TEXT NOT NULL, body TEXT NOT NULL, embedding vector({dimensions}) NOT NULL);
 CREATE INDEX IF NOT EXISTS {chunks_by_document} ON {chunks}(document_id);
 CREATE INDEX IF NOT EXISTS {chunks_by_vector} ON {chunks} USING hnsw (embedding vector_cosine_ops);
+CREATE TABLE IF NOT EXISTS {meta} (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -176,7 +202,7 @@ class PgKnowledgeStore:
 
         self.url, self._sql = url, sql
         names = {k: sql.Identifier(f"knowledge_{persona}_{k}")
-                 for k in ("documents", "chunks", "chunks_by_document", "chunks_by_vector")}
+                 for k in ("documents", "chunks", "chunks_by_document", "chunks_by_vector", "meta")}
         self._names = names
         self._local = threading.local()
         with self._db() as db:
@@ -234,6 +260,25 @@ class PgKnowledgeStore:
         with self._db() as db:
             return db.execute(self._q("SELECT COUNT(*) FROM {chunks}")).fetchone()[0]
 
+    def embedder(self) -> str | None:
+        with self._db() as db:
+            row = db.execute(self._q("SELECT value FROM {meta} WHERE key = 'embedder'")).fetchone()
+        return row[0] if row else None
+
+    def reembed(self, name: str, embed: Callable[[list[str]], np.ndarray]) -> int:
+        with self._db() as db:
+            rows = db.execute(self._q("SELECT id, lead, body FROM {chunks} ORDER BY id")).fetchall()
+            with db.cursor() as cursor:
+                for start in range(0, len(rows), REEMBED_BATCH):
+                    batch = rows[start:start + REEMBED_BATCH]
+                    vectors = embed([f"{lead}: {body}" for _, lead, body in batch])
+                    cursor.executemany(self._q("UPDATE {chunks} SET embedding = %s WHERE id = %s"),
+                                       [(np.asarray(v, dtype=np.float32), i)
+                                        for (i, _, _), v in zip(batch, vectors, strict=True)])
+            db.execute(self._q("INSERT INTO {meta} VALUES ('embedder', %s) "
+                               "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"), (name,))
+        return len(rows)
+
     def search(self, vector: np.ndarray, k: int) -> list[Passage]:
         with self._db() as db:
             rows = db.execute(self._q(
@@ -274,22 +319,34 @@ CATALOG = "catalog:"  # sources that come from the persona catalog's knowledge g
 
 
 class Knowledge:
-    """Ingestion, retrieval and citation for one expert. ``embed`` maps texts to L2-normalised vectors; it is made
-    by ``embedder`` on first use, so an expert without knowledge never loads it."""
+    """Ingestion, retrieval and citation for one expert. The embedder (a ``SentenceEmbedder``) is made by
+    ``embedder`` on first use, so an expert without knowledge never loads it; then the store is brought onto it.
+    ``min_score`` overrides the embedder's relevance floor."""
 
-    def __init__(self, store: KnowledgeStore | PgKnowledgeStore, embedder: Callable[[], Callable[[list[str]], object]],
-                 top_k: int = TOP_K, min_score: float = MIN_SCORE):
-        self.store, self._embedder, self.top_k, self.min_score = store, embedder, top_k, min_score
-        self._embed: Callable[[list[str]], object] | None = None
+    def __init__(self, store: KnowledgeStore | PgKnowledgeStore, embedder: Callable[[], SentenceEmbedder],
+                 top_k: int = TOP_K, min_score: float | None = None):
+        self.store, self._embedder, self.top_k, self._min_score = store, embedder, top_k, min_score
+        self._embed: SentenceEmbedder | None = None
         self._lock = threading.Lock()
         self.ready = threading.Event()
         self.error: str | None = None
 
-    def _embedding(self) -> Callable[[list[str]], object]:
+    def _embedding(self) -> SentenceEmbedder:
         with self._lock:
             if self._embed is None:
-                self._embed = self._embedder()
+                embed = self._embedder()
+                if self.store.embedder() != embed.name:
+                    recorded = self.store.embedder() or "an unrecorded embedder"
+                    n = self.store.reembed(embed.name, lambda texts: _array(embed.passages(texts)))
+                    if n:
+                        log.warning("knowledge: %d chunks were embedded with %s; embedded again with %s",
+                                    n, recorded, embed.name)
+                self._embed = embed
             return self._embed
+
+    @property
+    def min_score(self) -> float:
+        return self._min_score if self._min_score is not None else self._embedding().relevant
 
     def start(self, files: list[Path], base: Path) -> Knowledge:
         """Bring the catalog's documents up to date in the background; ``ready`` is set when done."""
@@ -324,8 +381,11 @@ class Knowledge:
         return results
 
     def vectors(self, texts: list[str]) -> np.ndarray:
-        out = self._embedding()(texts)
-        return out.numpy() if hasattr(out, "numpy") else np.asarray(out)
+        """Texts compared with each other and with passages: questions, answer and source sentences."""
+        return _array(self._embedding()(texts))
+
+    def passage_vectors(self, texts: list[str]) -> np.ndarray:
+        return _array(self._embedding().passages(texts))
 
     # ---- ingestion ------------------------------------------------------------------------------------------------
     def ingest(self, name: str, data: bytes, force: bool = False) -> Ingested:
@@ -338,7 +398,7 @@ class Knowledge:
             return Ingested(stored.id, name, stored.title, stored.chunks, replaced=False, unchanged=True)
         document = read(name, data)
         parts = chunks(document)
-        doc = self.store.put(name, document.title, sha, len(data), parts, self.vectors([p.text for p in parts]))
+        doc = self.store.put(name, document.title, sha, len(data), parts, self.passage_vectors([p.text for p in parts]))
         return Ingested(doc, name, document.title, len(parts), replaced=known is not None)
 
     # ---- retrieval and citation -----------------------------------------------------------------------------------
@@ -376,7 +436,8 @@ class Knowledge:
         source_v, led_v = vectors[1 + n_said:1 + n_said + n_src], vectors[1 + n_said + n_src:]
         best = int(np.argmax(led_v @ q))
         lead_passage, lead = source_sentences[best]
-        support = said_v @ source_v.T if said else np.zeros((0, n_src))  # answer sentence x source sentence
+        # answer sentence x source sentence, on MiniLM's scale where SUPPORTED and ALREADY_SAID were calibrated
+        support = self._embedding().score(said_v @ source_v.T) if said else np.zeros((0, n_src))
         kept: list[tuple[str, int | None]] = []  # each sentence with the passage it cites
         known = _figures(question).union(*(_figures(p.body) for p in passages))
         for row, sentence in zip(support, said, strict=True):
@@ -395,6 +456,10 @@ class Knowledge:
             kept.insert(0, (lead, lead_passage + 1))
         marked = [_mark(sentence, n) if n else sentence for sentence, n in kept]
         return Grounded(join_sentences(marked), passages, sorted({n for _, n in kept if n}))
+
+
+def _array(vectors) -> np.ndarray:
+    return vectors.numpy() if hasattr(vectors, "numpy") else np.asarray(vectors)
 
 
 def _figures(text: str) -> set[str]:

@@ -213,7 +213,7 @@ def panel(work: Path) -> dict:
 def routing() -> dict:
     """Routing accuracy on bench/routing_tasks.yaml: the semantic-ranking policy, and the LLM choosing alone."""
     from agents.personas import load_catalog
-    from common.embedding import router_embedder
+    from common.embedding import choose_embedder
     from common.engine.local import LocalEngine
     from common.engine.types import Constraint, GenerationRequest
     from common.protocol import AgentCard
@@ -226,7 +226,7 @@ def routing() -> dict:
     experts = [Expert(p.id, "", AgentCard(name=p.name, description=p.description, url="", version="1",
                                           skills=p.skills), None) for p in load_catalog().values()]
     settings = OrchestratorSettings()
-    router = Router(router_embedder(settings.router_embedder))
+    router = Router(choose_embedder(settings.router_embedder))
     engine = LocalEngine(cache_dir=MODEL_CACHE).start()
     engine.wait_ready()
     rows = []

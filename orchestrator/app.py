@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from pathlib import Path
@@ -10,7 +11,7 @@ from flask import Flask, request, send_from_directory
 
 from common import a2a, asgi
 from common.client import ExpertClient
-from common.embedding import Embedder, router_embedder
+from common.embedding import choose_embedder
 from common.engine import start_engine
 from common.openapi import Route, build_openapi
 from common.protocol import IntegrateRequest, IntegrateResponse, RunRecord
@@ -43,7 +44,7 @@ ROUTES = [
 def create_app(settings: OrchestratorSettings | None = None, llm=None, experts: ExpertRegistry | None = None,
                router_factory=None, judge_factory=None) -> Flask:
     """Build the orchestrator. ``llm`` is an engine (local or remote), ``experts`` a registry, ``router_factory`` the
-    router and ``judge_factory`` the composer's embedder (MiniLM): all injectable."""
+    router and ``judge_factory`` the composer's embedder: all injectable."""
     settings = settings or OrchestratorSettings()
     engine = llm if llm is not None else start_engine(settings)
     if experts is None:
@@ -52,9 +53,11 @@ def create_app(settings: OrchestratorSettings | None = None, llm=None, experts: 
             settings.expert_transport, settings.expert_poll_s)
     app = Flask(__name__, static_folder=None)
     metrics = install(app, settings, "orchestrator")
-    router_factory = router_factory or (lambda: Router(router_embedder(settings.router_embedder)))
+    embedder = functools.cache(choose_embedder)  # one model when the router and the judge name the same one
+    router_factory = router_factory or (lambda: Router(embedder(settings.router_embedder)))
+    judge_factory = judge_factory or (lambda: embedder(settings.judge_embedder))
     runs = RunStore(settings.data_dir / "runs.sqlite3", settings.retain_days)
-    service = Orchestrator(settings, engine, experts, router_factory, runs, judge_factory or Embedder)
+    service = Orchestrator(settings, engine, experts, router_factory, runs, judge_factory)
     app.extensions["orchestrator"] = service
     app.extensions["engine"] = engine
     app.extensions["shutdown"] = [service.shutdown, engine.stop]  # on SIGTERM (common/serve.py)

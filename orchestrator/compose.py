@@ -5,7 +5,8 @@ Whatever strategy gathered the answers, the composer
    best one, so an expert consulted for nothing cannot pollute the result;
 2. with two or more on-topic answers, asks the LLM to merge them, then checks the merge: no loop, as on-topic as the
    best expert answer (within ``MERGE_MARGIN``), and grounded: every kept sentence must say what some expert sentence
-   said (MiniLM cosine >= ``GROUNDED``). Sentences that are not grounded are dropped, so nothing invented survives;
+   said (cosine >= ``GROUNDED`` on MiniLM's scale). Sentences that are not grounded are dropped, so nothing invented
+   survives;
 3. falls back to an extractive composition it can always stand behind when the merge fails a check (or there is one
    answer only): the best answer's clean sentences, then the other answers' on-topic sentences that add something.
 Every sentence of the result names the experts (and steps) it came from.
@@ -66,7 +67,8 @@ class _Scored:
 
 
 class Composer:
-    """``embed(texts) -> [n, d]`` L2-normalised rows (the router's MiniLM); ``engine`` writes the merge."""
+    """``embed`` (a ``SentenceEmbedder``) maps texts to L2-normalised rows, and its ``score`` their cosines onto
+    MiniLM's scale, where the thresholds above were calibrated; ``engine`` writes the merge."""
 
     def __init__(self, engine, embed, merge_max_new_tokens: int = 256):
         self.engine, self.embed, self.merge_max_new_tokens = engine, embed, merge_max_new_tokens
@@ -109,8 +111,8 @@ class Composer:
         out, row = [], 1 + 2 * n
         for k, (i, s, parts) in enumerate(cleaned):
             out.append(_Answer(i, s.expert, parts, vectors[row: row + len(parts)],
-                               relevance=float(vectors[1 + n + k] @ query),
-                               raw_relevance=float(vectors[1 + k] @ query)))
+                               relevance=self._similarity(vectors[1 + n + k], query),
+                               raw_relevance=self._similarity(vectors[1 + k], query)))
             row += len(parts)
         return query, out
 
@@ -128,7 +130,7 @@ class Composer:
         if is_degenerate(text):
             return self._failed(checks, "the merge loops")
         parts = sentences(text)
-        scored = self._attribute(parts, self.embed(parts), kept)
+        scored = self._attribute(parts, self.embed(parts), kept, self.embed.score)
         checks.grounded_share = round(len(scored) / len(parts), 4)
         if checks.grounded_share < MIN_GROUNDED_SHARE:
             return self._failed(checks, f"only {len(scored)} of {len(parts)} merged sentences say what an expert "
@@ -147,11 +149,11 @@ class Composer:
         return Composition("", "generated", [], checks)
 
     @staticmethod
-    def _attribute(parts: list[str], vectors: torch.Tensor, kept: list[_Answer]) -> list[_Scored]:
+    def _attribute(parts: list[str], vectors: torch.Tensor, kept: list[_Answer], score) -> list[_Scored]:
         """Each merged sentence with the experts whose sentences it matches; ungrounded sentences are dropped."""
         scored = []
         for text, vector in zip(parts, vectors, strict=True):
-            sources = [(a.expert, a.step) for a in kept if float((a.vectors @ vector).max()) >= GROUNDED]
+            sources = [(a.expert, a.step) for a in kept if float(score((a.vectors @ vector).max())) >= GROUNDED]
             if sources:
                 scored.append(_Scored(text, [e for e, _ in sources], [s for _, s in sources]))
         return scored
@@ -163,10 +165,10 @@ class Composer:
         chosen = [_Scored(t, [first.expert], [first.step]) for t in first.sentences]
         chosen_vectors = [first.vectors]
         for answer in kept[1:]:
-            relevance = answer.vectors @ query
+            relevance = self._similarity(answer.vectors, query)
             for text, vector, score in zip(answer.sentences, answer.vectors, relevance, strict=True):
                 seen = torch.cat(chosen_vectors)
-                if float(score) < first.relevance - EXTRA_MARGIN or float((seen @ vector).max()) >= DUPLICATE:
+                if float(score) < first.relevance - EXTRA_MARGIN or self._similarity(seen, vector).max() >= DUPLICATE:
                     continue
                 chosen.append(_Scored(text, [answer.expert], [answer.step]))
                 chosen_vectors.append(vector[None])
@@ -182,7 +184,12 @@ class Composer:
 
     def _scored_text(self, chosen: list[_Scored], query: torch.Tensor) -> tuple[str, float]:
         final = join_sentences([s.text for s in chosen])
-        return final, float(self.embed([final])[0] @ query)
+        return final, self._similarity(self.embed([final])[0], query)
+
+    def _similarity(self, a, b):
+        """``a @ b`` on MiniLM's scale: a float for two vectors, an array for rows and a vector."""
+        scores = self.embed.score(a @ b)
+        return float(scores) if torch.is_tensor(scores) and scores.ndim == 0 else scores
 
 
 def _clean(text: str) -> list[str]:

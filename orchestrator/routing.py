@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common.embedding import Embedder, MultilingualEmbedder
+from common.embedding import SentenceEmbedder
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Router:
 
     TOP_PARTS = 3
 
-    def __init__(self, embedder: Embedder | MultilingualEmbedder):
+    def __init__(self, embedder: SentenceEmbedder):
         self.embed = embedder
         self._cards: dict[str, torch.Tensor] = {}
 

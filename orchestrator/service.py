@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 from common.a2a import Progress
+from common.embedding import SentenceEmbedder
 from common.errors import BadRequest, Busy, StorageFull, Unavailable
 from common.protocol import AgentSkill, IntegrateRequest, IntegrateResponse, RunRecord, error_event
 from common.settings import OrchestratorSettings
@@ -45,10 +46,10 @@ STRATEGIES: dict[str, Callable[..., bool]] = {"react": _react, "panel": _panel}
 
 class Orchestrator:
     def __init__(self, settings: OrchestratorSettings, engine, registry: ExpertRegistry,
-                 router_factory: Callable[[], Router], runs: RunStore, judge_factory: Callable[[], Callable]):
+                 router_factory: Callable[[], Router], runs: RunStore, judge_factory: Callable[[], SentenceEmbedder]):
         self.settings, self.engine, self.registry, self.runs = settings, engine, registry, runs
         self.router: Router | None = None  # set once the router and the composer's judge have both loaded
-        self.judge: Callable | None = None  # the composer's embedder (MiniLM): its gates are calibrated on it
+        self.judge: SentenceEmbedder | None = None  # the composer's embedder
         self.router_error: str | None = None
         self._run_slots = threading.BoundedSemaphore(settings.max_runs)
         self.closing = False
@@ -56,7 +57,7 @@ class Orchestrator:
         threading.Thread(target=self._load_router, args=(router_factory, judge_factory), daemon=True,
                          name="router-load").start()
 
-    def _load_router(self, factory: Callable[[], Router], judge_factory: Callable[[], Callable]) -> None:
+    def _load_router(self, factory: Callable[[], Router], judge_factory: Callable[[], SentenceEmbedder]) -> None:
         try:
             self.judge = judge_factory()
             self.router = factory()

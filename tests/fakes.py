@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+from common.embedding import SentenceEmbedder
 from common.engine.types import CONSTRAINT_KINDS, EngineError, Generation, GenerationRequest
 
 
@@ -96,9 +97,10 @@ class ScriptedEngine(FakeEngine):
         return gen
 
 
-class KeywordEmbedder:
+class KeywordEmbedder(SentenceEmbedder):
     """Embeds text as counts of law words and computing words: enough to make the router's ranking predictable."""
 
+    name = "keywords"
     LAW = ("law", "legal", "gdpr", "regulation", "liab", "contract", "court", "compliance")
     TECH = ("neural", "network", "model", "algorithm", "software", "data", "machine", "comput", "ai ")
     floor = 0.75  # a text with neither kind of word lies at 45 degrees: cosine 0.71 to anything, which says nothing
@@ -113,10 +115,11 @@ class KeywordEmbedder:
         return torch.nn.functional.normalize(torch.tensor(rows, dtype=torch.float32), dim=-1)
 
 
-class WordsEmbedder:
+class WordsEmbedder(SentenceEmbedder):
     """Embeds text as a bag of its words (hashed into MiniLM's 384 dimensions, so a knowledge store takes them):
     cosine then measures shared wording, which makes the composer's grounding and duplicate checks predictable."""
 
+    name = "words"
     def __call__(self, texts):
         import re
         import zlib

@@ -119,6 +119,39 @@ def test_unrelated_questions_retrieve_nothing(knowledge, tmp_path):
     assert k.retrieve("banana bread recipe with walnuts") == []
 
 
+class ShiftedWordsEmbedder(WordsEmbedder):
+    """Another embedder: the same words land in other dimensions, so its vectors cannot be compared with the first's."""
+
+    name = "shifted-words"
+
+    def __call__(self, texts):
+        return super().__call__(texts).roll(7, dims=1)
+
+
+def test_a_store_records_its_embedder_and_is_embedded_again_when_it_changes(knowledge, tmp_path):
+    k = knowledge(min_score=0.1)
+    k.ingest("breach.md", BREACH)
+    assert k.store.embedder() == "words"
+    question = "notify the supervisory authority within 72 hours"
+    before = k.retrieve(question)
+    shifted = Knowledge(k.store, ShiftedWordsEmbedder, min_score=0.1)
+    after = shifted.retrieve(question)  # the first use brings every stored vector onto the new embedder
+    assert k.store.embedder() == "shifted-words" and k.store.count() == 2
+    assert [(p.chunk, p.score) for p in after] == [(p.chunk, p.score) for p in before]
+    # the first embedder's vectors are gone: its question no longer matches the store
+    assert all(p.score < 0.5 for p in k.store.search(k.vectors([question])[0], 2))
+
+
+def test_a_store_from_before_the_record_is_embedded_again(tmp_path):
+    store = KnowledgeStore(tmp_path / "k.sqlite3")
+    Knowledge(store, WordsEmbedder).ingest("breach.md", BREACH)
+    with store._db() as db:
+        db.execute("DELETE FROM meta")  # what a store written before the embedder was recorded looks like
+    k = Knowledge(store, ShiftedWordsEmbedder, min_score=0.1)
+    assert k.retrieve("notify the supervisory authority within 72 hours")[0].chunk == 0
+    assert store.embedder() == "shifted-words"
+
+
 def test_catalog_sync_ingests_changed_files_only_and_forgets_removed_ones(knowledge, tmp_path):
     notes = tmp_path / "notes"
     notes.mkdir()
