@@ -27,6 +27,7 @@ import numpy as np
 import sqlite_vec
 
 from agents.documents import Chunk, UnreadableDocument, chunks, read
+from common import language
 from common.embedding import DIMENSIONS, SentenceEmbedder
 from common.text import join_sentences, sentences
 
@@ -46,6 +47,8 @@ ALREADY_SAID = 0.8  # the answer already has the passage's best sentence when on
 REEMBED_BATCH = 64
 CITATION = re.compile(r"\s*\[\d+\]")
 FIGURE = re.compile(r"\d+(?:[.,]\d+)*")
+NAME = re.compile(r"(?<![\w'])[A-Z][\w-]*[a-z0-9][\w-]*|(?<![\w'])[A-Z]{2,}\b")  # Schrems, LoRA, GDPR; not "A" or "I"
+QUOTED = re.compile(r"[\"“]([^\"”]{2,40})[\"”]")
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS documents (
@@ -403,10 +406,14 @@ class Knowledge:
 
     # ---- retrieval and citation -----------------------------------------------------------------------------------
     def retrieve(self, question: str) -> list[Passage]:
-        """The best passages for the question, none below the relevance floor."""
+        """The best passages for the question, none below the relevance floor (lower for a passage in another
+        language than the question: the embedder's cosines run lower across languages)."""
         if not self.store.count():
             return []
-        return [p for p in self.store.search(self.vectors([question])[0], self.top_k) if p.score >= self.min_score]
+        passages = self.store.search(self.vectors([question])[0], self.top_k)
+        asked, floor = language.detect(question), self.min_score
+        return [p for p in passages
+                if p.score >= (floor if language.detect(p.body) == asked else floor - self._embedding().cross_lingual)]
 
     @staticmethod
     def prompt(passages: list[Passage]) -> str:
@@ -418,8 +425,9 @@ class Knowledge:
     def ground(self, question: str, answer: str, passages: list[Passage]) -> Grounded:
         """Mark each sentence with the passage that supports it, and lead with the passage's best sentence for the
         question when the answer does not already say it: a small model often paraphrases a fact away. A sentence
-        that states a figure (a date, an amount, an article) which neither the question nor any passage states is
-        dropped: with sources at hand, a number from nowhere is a guess."""
+        that states a figure (a date, an amount, an article) or a name which neither the question nor any passage
+        states is dropped: with sources at hand, a fact from nowhere is a guess; and a sentence citing a passage must
+        state no figure or name that passage and the question lack."""
         if not passages:
             return Grounded(answer, [], [])
         said = [CITATION.sub("", s).strip() for s in sentences(answer)]
@@ -439,15 +447,15 @@ class Knowledge:
         # answer sentence x source sentence, on MiniLM's scale where SUPPORTED and ALREADY_SAID were calibrated
         support = self._embedding().score(said_v @ source_v.T) if said else np.zeros((0, n_src))
         kept: list[tuple[str, int | None]] = []  # each sentence with the passage it cites
-        known = _figures(question).union(*(_figures(p.body) for p in passages))
+        everything = " ".join([question, *(p.text for p in passages)])
         for row, sentence in zip(support, said, strict=True):
             j = int(np.argmax(row))
             if row[j] < SUPPORTED:
-                if _figures(sentence) <= known:  # a figure no passage states is the model's guess: dropped
+                if not _new_facts(sentence, everything):  # a figure or name from nowhere is a guess: dropped
                     kept.append((sentence, None))
                 continue
             passage = source_sentences[j][0]
-            if _figures(sentence) <= _figures(passages[passage].body):
+            if not _new_facts(sentence, f"{question} {passages[passage].text}"):
                 kept.append((sentence, passage + 1))
             # else: it says what the source is about with figures the source does not have, a wrong fact: dropped
         already = any(float(support[i, best]) >= ALREADY_SAID for i, sentence in enumerate(said)
@@ -462,10 +470,13 @@ def _array(vectors) -> np.ndarray:
     return vectors.numpy() if hasattr(vectors, "numpy") else np.asarray(vectors)
 
 
-def _figures(text: str) -> set[str]:
-    """The numbers a text states (dates, amounts, articles): a sentence may cite a passage only if it states none the
-    passage does not."""
-    return set(FIGURE.findall(text))
+def _new_facts(sentence: str, source: str) -> set[str]:
+    """What the sentence states that a reader could check and the source does not: figures (dates, amounts, article
+    numbers) the source lacks, and names (words capitalised inside the sentence, quoted terms) it never mentions."""
+    names = set(NAME.findall(sentence[1:])) | {q.strip() for q in QUOTED.findall(sentence)}
+    lowered = source.lower()
+    return (set(FIGURE.findall(sentence)) - set(FIGURE.findall(source))) | \
+        {n for n in names if n.lower() not in lowered}
 
 
 def _mark(sentence: str, number: int) -> str:

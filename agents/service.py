@@ -12,12 +12,14 @@ from itertools import chain
 from agents.knowledge import Knowledge, Passage
 from agents.personas import Persona
 from agents.sessions import SessionStore
+from common import language
 from common.a2a import Progress, agent_card, card_json
 from common.engine import tools
 from common.engine.types import Engine, EngineError, Generation, GenerationResult
 from common.errors import StorageFull
 from common.metrics import Metrics
 from common.protocol import (
+    AnswerLanguage,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -59,11 +61,15 @@ class ExpertService:
         return self.engine.model_name
 
     # ---- /chat ------------------------------------------------------------------------------------------------
-    def _start_chat(self, req: ChatRequest) -> tuple[Generation, list[Passage]]:
+    def _start_chat(self, req: ChatRequest) -> tuple[Generation, list[Passage], AnswerLanguage]:
         """The question, with the passages retrieved for it in the same turn: the system message stays the persona's
-        alone, so its cached prefix serves every request."""
+        alone, so its cached prefix serves every request. A question not in English asks for the answer in its
+        language where the model writes it, else in English."""
         passages = self.knowledge.retrieve(req.intent) if req.knowledge and self.knowledge else []
         question = f"{Knowledge.prompt(passages)}\n\nQuestion: {req.intent}" if passages else req.intent
+        answer_language = self._answer_language(req.intent)
+        if answer_language.question != "en":
+            question += f"\n\nAnswer in {language.name(answer_language.answer)}."
         messages = [ChatMessage(role="user", content=question)]
         if req.session_id:
             keep = req.max_history_length or self.settings.max_history_length
@@ -80,7 +86,15 @@ class ExpertService:
             loop_guard=req.loop_guard,
             end_at_sentence=True,
         )
-        return self._submit(completion, req.timeout_s), passages
+        return self._submit(completion, req.timeout_s), passages, answer_language
+
+    def _answer_language(self, question: str) -> AnswerLanguage:
+        asked, writes = language.detect(question), self.settings.model_language_list
+        if asked in writes:
+            return AnswerLanguage(question=asked, answer=asked)
+        return AnswerLanguage(question=asked, answer="en", note=(
+            f"the model writes {', '.join(language.name(c) for c in writes)}, not {language.name(asked)} "
+            "(MODEL_LANGUAGES): answered in English"))
 
     def _submit(self, completion: ChatCompletionRequest, timeout_s: float | None = None) -> Generation:
         generation_request = completion.to_generation_request(
@@ -91,7 +105,8 @@ class ExpertService:
         )
         return self.engine.submit(generation_request)
 
-    def _chat_response(self, req: ChatRequest, result: GenerationResult, passages: list[Passage]) -> ChatResponse:
+    def _chat_response(self, req: ChatRequest, result: GenerationResult, passages: list[Passage],
+                       answer_language: AnswerLanguage) -> ChatResponse:
         text, sources = result.text, []
         if passages and self.knowledge:
             grounded = self.knowledge.ground(req.intent, result.text, passages)
@@ -116,16 +131,17 @@ class ExpertService:
             sources=sources,
             stored=stored,
             warning=warning,
+            language=answer_language,
         )
 
     def chat(self, req: ChatRequest) -> ChatResponse:
-        gen, passages = self._start_chat(req)
-        return self._chat_response(req, gen.result(), passages)
+        gen, passages, answer_language = self._start_chat(req)
+        return self._chat_response(req, gen.result(), passages, answer_language)
 
     def chat_events(self, req: ChatRequest) -> tuple[Iterator[tuple[str, object]], Generation]:
         """SSE events for a streamed /chat: ``sources`` (the passages retrieved, before any text), ``delta`` per text
         piece, then ``done`` (the full response, with its citation marks) or ``error``."""
-        gen, passages = self._start_chat(req)
+        gen, passages, answer_language = self._start_chat(req)
 
         def events() -> Iterator[tuple[str, object]]:
             try:
@@ -133,7 +149,7 @@ class ExpertService:
                     yield "sources", {"sources": [s.model_dump() for s in _sources(passages, [])]}
                 for delta in gen:
                     yield "delta", {"delta": delta}
-                response = self._chat_response(req, gen.result(), passages)
+                response = self._chat_response(req, gen.result(), passages, answer_language)
                 yield "done", response.model_dump()
                 if not response.stored:  # the stream ends with the reason the session did not keep it
                     yield "error", error_event(StorageFull(response.warning or "", "storage_full"))

@@ -134,6 +134,12 @@ class Source(BaseModel):
     text: str
 
 
+class AnswerLanguage(BaseModel):
+    question: str = Field(description="The question's language (ISO 639-1).")
+    answer: str = Field(description="The language the answer was asked for.")
+    note: str | None = Field(None, description="Why they differ: the model does not write the question's language.")
+
+
 class ChatResponse(BaseModel):
     response: str
     persona: str
@@ -146,6 +152,7 @@ class ChatResponse(BaseModel):
     stored: bool = Field(True, description="False when the exchange could not be added to the session (a full "
                          "disk): the answer is still given, and `warning` says why.")
     warning: str | None = None
+    language: AnswerLanguage | None = None
 
 
 class KnowledgeUpload(Lenient):

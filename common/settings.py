@@ -155,11 +155,20 @@ class AgentSettings(WebSettings, EngineSettings):
         None, ge=-1, le=1, validation_alias="KNOWLEDGE_MIN_SCORE",
         description="Relevance floor (the embedder's cosine, question to passage): a passage below it is left out, "
         "and a question nothing in the knowledge base is about gets no sources. Unset: the embedder's calibrated "
-        "floor (0.785 for e5, 0.4 for MiniLM).")
+        "floor (for e5 0.81, 0.035 lower across languages; 0.4 for MiniLM).")
+    model_languages: str = Field(
+        "en", validation_alias="MODEL_LANGUAGES",
+        description="Comma-separated ISO 639-1 codes of the languages the model writes well (the embedded 135M model: "
+        "English only). A question in one of them is answered in it; any other is answered in English, and the "
+        "response's `language` says so. Set e.g. en,zh for a model that writes Chinese.")
     default_repetition_penalty: float = Field(
         1.15, ge=1.0, le=2.0, validation_alias="DEFAULT_REPETITION_PENALTY",
         description="Used by /chat when a request gives none; small models repeat themselves without it.",
     )
+
+    @property
+    def model_language_list(self) -> list[str]:
+        return [code.strip().lower() for code in self.model_languages.split(",") if code.strip()] or ["en"]
 
 
 class OrchestratorSettings(WebSettings, EngineSettings):

@@ -27,6 +27,24 @@ def client(settings, engine):
     return expert_app(settings, engine).test_client()
 
 
+def test_a_question_in_a_language_the_model_does_not_write_is_answered_in_english_and_says_so(client, engine):
+    body = client.post("/chat", json={"intent": "制定人工智能合规标准，避免人工智能伤害人类"}).get_json()
+    assert body["language"]["question"] == "zh" and body["language"]["answer"] == "en"
+    assert "MODEL_LANGUAGES" in body["language"]["note"]
+    assert engine.requests[-1].messages[-1]["content"].endswith("Answer in English.")
+    english = client.post("/chat", json={"intent": "What does the GDPR say about erasure?"}).get_json()
+    assert english["language"] == {"question": "en", "answer": "en", "note": None}
+    assert engine.requests[-1].messages[-1]["content"].endswith("Question: What does the GDPR say about erasure?")
+
+
+def test_a_model_that_writes_the_language_is_asked_to_answer_in_it(tmp_path, engine):
+    client = expert_app(AgentSettings(persona="law_expert", data_dir=tmp_path, model_languages="en, zh"),
+                        engine).test_client()
+    body = client.post("/chat", json={"intent": "制定人工智能合规标准，避免人工智能伤害人类"}).get_json()
+    assert body["language"] == {"question": "zh", "answer": "zh", "note": None}
+    assert engine.requests[-1].messages[-1]["content"].endswith("Answer in Chinese.")
+
+
 def error_of(resp):
     body = resp.get_json()
     assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "code"}

@@ -198,6 +198,17 @@ def test_a_sentence_with_figures_its_source_lacks_is_dropped(knowledge, tmp_path
     assert "5,000" not in guessed.text and "Breaches happen." in guessed.text
 
 
+def test_a_sentence_naming_what_no_source_names_is_dropped(knowledge, tmp_path):
+    k = knowledge(min_score=0.1)
+    k.ingest("breach.md", BREACH)
+    question = "When must the controller notify the supervisory authority of a breach?"
+    answer = ('The Helsinki Protocol says the controller must notify the supervisory authority. '
+              'This duty is called "Synthetics". A processor must notify the controller without undue delay.')
+    grounded = k.ground(question, answer, k.retrieve(question))
+    assert "Helsinki" not in grounded.text and "Synthetics" not in grounded.text
+    assert "A processor must notify the controller without undue delay" in grounded.text
+
+
 def test_the_orchestrator_renumbers_citations_across_experts():
     def source(n, title):
         return Source(number=n, document=f"doc_{title}", title=title, chunk=0, score=0.7, cited=True, text=title)
