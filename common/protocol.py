@@ -554,6 +554,8 @@ class Step(BaseModel):
     reason: str = Field("", description="Why this expert was asked, in words.")
     sources: list[Source] = Field([], description="The passages the expert answered from, numbered as it cited "
                                   "them.")
+    language: AnswerLanguage | None = Field(None, description="The language the expert was asked to answer in, and "
+                                            "why when it is not the question's.")
 
 
 class Attribution(BaseModel):
@@ -598,6 +600,8 @@ class IntegrateResponse(BaseModel):
     attribution: list[Attribution] = Field([], description="The final answer sentence by sentence, with its experts.")
     checks: CompositionChecks = Field(CompositionChecks(), description="What the composer measured.")
     sources: list[Citation] = Field([], description="The experts' sources the answer cites, numbered as cited.")
+    language: AnswerLanguage | None = Field(None, description="The task's language and the answer's: an expert's "
+                                            "note when its model could not answer in the task's language.")
     stored: bool = Field(True, description="False when the run could not be saved (a full disk): the answer is still "
                          "given, `GET /runs/<run_id>` will not find it, and `warning` says why.")
     warning: str | None = None

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from common.a2a import Progress
 from common.embedding import SentenceEmbedder
 from common.errors import BadRequest, Busy, StorageFull, Unavailable
-from common.protocol import AgentSkill, IntegrateRequest, IntegrateResponse, RunRecord, error_event
+from common.protocol import AgentSkill, AnswerLanguage, IntegrateRequest, IntegrateResponse, RunRecord, error_event
 from common.settings import OrchestratorSettings
 from orchestrator.compose import Composer, cite
 from orchestrator.experts import ExpertRegistry
@@ -143,7 +143,8 @@ class Orchestrator:
                                      experts=trace.consulted, steps=trace.steps, fallback=fallback,
                                      synthesis_ms=composition.synthesis_ms, merge=composition.merge,
                                      attribution=composition.attribution, checks=composition.checks,
-                                     sources=sources, elapsed_ms=int((time.perf_counter() - started) * 1000))
+                                     sources=sources, language=_language(trace.steps),
+                                     elapsed_ms=int((time.perf_counter() - started) * 1000))
         try:
             self.runs.save(RunRecord(**response.model_dump(), task=req.task, created_at=created, status="done"))
         except StorageFull as exc:  # the answer is made: give it, and say it was not kept
@@ -215,3 +216,9 @@ PANEL_SKILL = AgentSkill(
     "composes one answer that says who contributed what, with the experts' sources.",
     tags=["panel", "multi-agent", "law", "artificial intelligence"],
     examples=["Is training a model on scraped personal data legal under the GDPR, and how can it be anonymised?"])
+
+
+def _language(steps) -> AnswerLanguage | None:
+    """The answer's language as the experts report it: a note (the model could not write the task's language) wins."""
+    reported = [s.language for s in steps if s.ok and s.language]
+    return next((r for r in reported if r.note), reported[0] if reported else None)

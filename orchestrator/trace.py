@@ -42,12 +42,12 @@ class RunTrace:
         started = time.perf_counter()
         try:
             answer = expert.client.chat(question, timeout_s=self.remaining_s(), max_new_tokens=max_new_tokens)
-            observation, ok, sources = answer.response, True, answer.sources
+            observation, ok, sources, language = answer.response, True, answer.sources, answer.language
         except ExpertError as exc:
-            observation, ok, sources = f"{exc} (continue with the other experts)", False, []
+            observation, ok, sources, language = f"{exc} (continue with the other experts)", False, [], None
         step = Step(thought=thought, expert=expert.name, input=question, observation=observation, ok=ok,
                     elapsed_ms=int((time.perf_counter() - started) * 1000), chosen_by=chosen_by, ranking=ranking,
-                    reason=reason, sources=sources)
+                    reason=reason, sources=sources, language=language)
         self.steps.append(step)
         if expert.name not in self.consulted:
             self.consulted.append(expert.name)

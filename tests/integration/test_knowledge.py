@@ -81,3 +81,18 @@ def test_the_panel_keeps_the_experts_citations(orchestrator):
     for source in body["sources"]:
         assert f"[{source['number']}]" in body["response"] and source["expert"] in body["experts"]
     assert "35 million" in body["response"]
+
+
+def test_a_chinese_question_is_answered_from_the_english_notes_and_says_in_which_language(law_expert):
+    body = requests.post(f"{law_expert.url}/chat", json={
+        "intent": "控制者必须在多长时间内向监管机构报告个人数据泄露？", "max_new_tokens": 120}, timeout=300).json()
+    assert any(s["cited"] and "Article 33" in s["title"] for s in body["sources"]), body["sources"]
+    assert "72 hours" in body["response"]
+    assert body["language"]["question"] == "zh" and body["language"]["answer"] == "en" and body["language"]["note"]
+
+
+def test_the_seed_task_is_answered_from_the_shipped_notes(orchestrator):
+    body = requests.post(f"{orchestrator.url}/integrate", json={
+        "task": "制定人工智能合规标准，避免人工智能伤害人类"}, timeout=600).json()
+    assert body["sources"] and any(s["cited"] for s in body["sources"]), body
+    assert body["language"]["question"] == "zh"
