@@ -44,10 +44,12 @@ TOP_K = 3
 # On MiniLM's scale (the embedder's ``score``); the relevance floor is the embedder's own (``relevant``).
 SUPPORTED = 0.6  # an answer sentence this close to a source sentence says what the source says
 ALREADY_SAID = 0.8  # the answer already has the passage's best sentence when one of its sentences is this close
+LEXICAL = 0.05  # weight of the question's words in choosing the lead sentence (cosines of one topic lie within 0.03)
 REEMBED_BATCH = 64
 CITATION = re.compile(r"\s*\[\d+\]")
 FIGURE = re.compile(r"\d+(?:[.,]\d+)*")
 NAME = re.compile(r"(?<![\w'])[A-Z][\w-]*[a-z0-9][\w-]*|(?<![\w'])[A-Z]{2,}\b")  # Schrems, LoRA, GDPR; not "A" or "I"
+WORD = re.compile(r"[a-z]{4,}")
 QUOTED = re.compile(r"[\"“]([^\"”]{2,40})[\"”]")
 
 SCHEMA = f"""
@@ -426,8 +428,8 @@ class Knowledge:
         """Mark each sentence with the passage that supports it, and lead with the passage's best sentence for the
         question when the answer does not already say it: a small model often paraphrases a fact away. A sentence
         that states a figure (a date, an amount, an article) or a name which neither the question nor any passage
-        states is dropped: with sources at hand, a fact from nowhere is a guess; and a sentence citing a passage must
-        state no figure or name that passage and the question lack."""
+        states is dropped: with sources at hand, a fact from nowhere is a guess; and a sentence that says what a source
+        sentence says must state no figure or name that sentence (with its passage's title) and the question lack."""
         if not passages:
             return Grounded(answer, [], [])
         said = [CITATION.sub("", s).strip() for s in sentences(answer)]
@@ -442,24 +444,37 @@ class Knowledge:
                                 *(f"{passages[i].lead}: {s}" for i, s in source_sentences)])
         q, said_v = vectors[0], vectors[1:1 + n_said]
         source_v, led_v = vectors[1 + n_said:1 + n_said + n_src], vectors[1 + n_said + n_src:]
-        best = int(np.argmax(led_v @ q))
+        # The lead: the best sentence for the question that states something its passage's title does not ("Article
+        # 99 of the AI Act sets maximum fines." under "EU AI Act Article 99: penalties" answers nothing). Cosines of
+        # sentences on one topic lie close together, so the share of the question's words a sentence shares breaks
+        # near-ties (a question in another language shares none, and the cosine alone decides).
+        relevance = led_v @ q + LEXICAL * np.array([_overlap(question, s) for _, s in source_sentences])
+        ranked = [int(i) for i in np.argsort(-relevance)]
+        best = next((i for i in ranked if _new_facts(source_sentences[i][1], passages[source_sentences[i][0]].lead)),
+                    ranked[0])
         lead_passage, lead = source_sentences[best]
+        lead_source = f"{question} {passages[lead_passage].lead}: {lead}"
         # answer sentence x source sentence, on MiniLM's scale where SUPPORTED and ALREADY_SAID were calibrated
         support = self._embedding().score(said_v @ source_v.T) if said else np.zeros((0, n_src))
         kept: list[tuple[str, int | None]] = []  # each sentence with the passage it cites
+        already = False  # whether a kept sentence says what the lead says
         everything = " ".join([question, *(p.text for p in passages)])
         for row, sentence in zip(support, said, strict=True):
             j = int(np.argmax(row))
+            restates_lead = row[best] >= ALREADY_SAID
+            if restates_lead and _new_facts(sentence, lead_source):
+                continue  # the lead's claim with other figures or names: a wrong fact, dropped
             if row[j] < SUPPORTED:
                 if not _new_facts(sentence, everything):  # a figure or name from nowhere is a guess: dropped
                     kept.append((sentence, None))
+                    already |= bool(restates_lead)
                 continue
-            passage = source_sentences[j][0]
-            if not _new_facts(sentence, f"{question} {passages[passage].text}"):
+            passage, matched = source_sentences[j]
+            if not _new_facts(sentence, f"{question} {passages[passage].lead}: {matched}"):
                 kept.append((sentence, passage + 1))
-            # else: it says what the source is about with figures the source does not have, a wrong fact: dropped
-        already = any(float(support[i, best]) >= ALREADY_SAID for i, sentence in enumerate(said)
-                      if any(sentence == k for k, _ in kept))
+                already |= bool(restates_lead)
+            # else: it says what that source sentence says with figures or names it does not have, a wrong fact:
+            # dropped
         if not already:
             kept.insert(0, (lead, lead_passage + 1))
         marked = [_mark(sentence, n) if n else sentence for sentence, n in kept]
@@ -468,6 +483,12 @@ class Knowledge:
 
 def _array(vectors) -> np.ndarray:
     return vectors.numpy() if hasattr(vectors, "numpy") else np.asarray(vectors)
+
+
+def _overlap(question: str, sentence: str) -> float:
+    """The share of the question's words (of four letters or more, compared by their first five) the sentence has."""
+    asked = {w[:5] for w in WORD.findall(question.lower())}
+    return len(asked & {w[:5] for w in WORD.findall(sentence.lower())}) / len(asked) if asked else 0.0
 
 
 def _new_facts(sentence: str, source: str) -> set[str]:
