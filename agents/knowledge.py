@@ -426,10 +426,10 @@ class Knowledge:
 
     def ground(self, question: str, answer: str, passages: list[Passage]) -> Grounded:
         """Mark each sentence with the passage that supports it, and lead with the passage's best sentence for the
-        question when the answer does not already say it: a small model often paraphrases a fact away. A sentence no
-        source sentence supports is dropped (with sources at hand, it is the model's guess), and so is one that says
-        what a source sentence says with a figure (a date, an amount, an article) or a name that sentence (with its
-        passage's title) and the question lack: a wrong fact."""
+        question when the answer does not already say it: a small model often paraphrases a fact away. A sentence
+        that states a figure (a date, an amount, an article) or a name which neither the question nor any passage
+        states is dropped: with sources at hand, a fact from nowhere is a guess; and a sentence that says what a source
+        sentence says must state no figure or name that sentence (with its passage's title) and the question lack."""
         if not passages:
             return Grounded(answer, [], [])
         said = [CITATION.sub("", s).strip() for s in sentences(answer)]
@@ -458,13 +458,17 @@ class Knowledge:
         support = self._embedding().score(said_v @ source_v.T) if said else np.zeros((0, n_src))
         kept: list[tuple[str, int | None]] = []  # each sentence with the passage it cites
         already = False  # whether a kept sentence says what the lead says
+        everything = " ".join([question, *(p.text for p in passages)])
         for row, sentence in zip(support, said, strict=True):
             j = int(np.argmax(row))
             restates_lead = row[best] >= ALREADY_SAID
             if restates_lead and _new_facts(sentence, lead_source):
                 continue  # the lead's claim with other figures or names: a wrong fact, dropped
             if row[j] < SUPPORTED:
-                continue  # with sources at hand, what none of them says is the model's guess: dropped
+                if not _new_facts(sentence, everything):  # a figure or name from nowhere is a guess: dropped
+                    kept.append((sentence, None))
+                    already |= bool(restates_lead)
+                continue
             passage, matched = source_sentences[j]
             if not _new_facts(sentence, f"{question} {passages[passage].lead}: {matched}"):
                 kept.append((sentence, passage + 1))

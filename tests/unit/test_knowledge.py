@@ -184,7 +184,7 @@ def test_an_answer_leads_with_the_passages_best_sentence_and_cites_what_supports
                         passages)
     assert grounded.text.startswith("The controller must notify the supervisory authority within 72 hours")
     assert "[1]." in grounded.text and grounded.cited
-    assert "Breaches are serious." not in grounded.text  # what no source says is the model's guess: dropped
+    assert "Breaches are serious." in grounded.text  # unsupported but not contradicted: kept, uncited
 
 
 def test_a_sentence_with_figures_its_source_lacks_is_dropped(knowledge, tmp_path):
@@ -195,7 +195,7 @@ def test_a_sentence_with_figures_its_source_lacks_is_dropped(knowledge, tmp_path
                         k.retrieve(question))
     assert "24 hours" not in grounded.text and "72 hours" in grounded.text
     guessed = k.ground(question, "Fines reach 5,000 euros a day. Breaches happen.", k.retrieve(question))
-    assert "5,000" not in guessed.text and "72 hours" in guessed.text
+    assert "5,000" not in guessed.text and "Breaches happen." in guessed.text
 
 
 def test_a_sentence_naming_what_no_source_names_is_dropped(knowledge, tmp_path):
