@@ -45,6 +45,7 @@ TOP_K = 3
 SUPPORTED = 0.6  # an answer sentence this close to a source sentence says what the source says
 ALREADY_SAID = 0.8  # the answer already has the passage's best sentence when one of its sentences is this close
 LEXICAL = 0.05  # weight of the question's words in choosing the lead sentence (cosines of one topic lie within 0.03)
+TIE = 0.01  # lead candidates this close are equally good answers to the question
 REEMBED_BATCH = 64
 CITATION = re.compile(r"\s*\[\d+\]")
 FIGURE = re.compile(r"\d+(?:[.,]\d+)*")
@@ -450,8 +451,10 @@ class Knowledge:
         # near-ties (a question in another language shares none, and the cosine alone decides).
         relevance = led_v @ q + LEXICAL * np.array([_overlap(question, s) for _, s in source_sentences])
         ranked = [int(i) for i in np.argsort(-relevance)]
-        best = next((i for i in ranked if _new_facts(source_sentences[i][1], passages[source_sentences[i][0]].lead)),
-                    ranked[0])
+        informative = [i for i in ranked if _new_facts(source_sentences[i][1], passages[source_sentences[i][0]].lead)]
+        best = informative[0] if informative else ranked[0]
+        # the runner-up too when it ties (GDPR fines: the 10 million and the 20 million tier lie 0.009 apart)
+        tied = [i for i in informative[1:2] if relevance[best] - relevance[i] <= TIE]
         lead_passage, lead = source_sentences[best]
         lead_source = f"{question} {passages[lead_passage].lead}: {lead}"
         # answer sentence x source sentence, on MiniLM's scale where SUPPORTED and ALREADY_SAID were calibrated
@@ -476,7 +479,7 @@ class Knowledge:
             # else: it says what that source sentence says with figures or names it does not have, a wrong fact:
             # dropped
         if not already:
-            kept.insert(0, (lead, lead_passage + 1))
+            kept[:0] = [(lead, lead_passage + 1)] + [(source_sentences[i][1], source_sentences[i][0] + 1) for i in tied]
         marked = [_mark(sentence, n) if n else sentence for sentence, n in kept]
         return Grounded(join_sentences(marked), passages, sorted({n for _, n in kept if n}))
 
