@@ -29,7 +29,7 @@ import sqlite_vec
 from agents.documents import Chunk, UnreadableDocument, chunks, read
 from common import language
 from common.embedding import DIMENSIONS, SentenceEmbedder
-from common.text import join_sentences, sentences
+from common.text import cited, join_sentences, sentences, uncited
 
 try:  # the standard module, where the Python build can load extensions; else a wheel with its own SQLite
     import sqlite3
@@ -47,7 +47,6 @@ ALREADY_SAID = 0.8  # the answer already has the passage's best sentence when on
 LEXICAL = 0.05  # weight of the question's words in choosing the lead sentence (cosines of one topic lie within 0.03)
 TIE = 0.01  # lead candidates this close are equally good answers to the question
 REEMBED_BATCH = 64
-CITATION = re.compile(r"\s*\[\d+\]")
 FIGURE = re.compile(r"\d+(?:[.,]\d+)*")
 NAME = re.compile(r"(?<![\w'])[A-Z][\w-]*[a-z0-9][\w-]*|(?<![\w'])[A-Z]{2,}\b")  # Schrems, LoRA, GDPR; not "A" or "I"
 WORD = re.compile(r"[a-z]{4,}")
@@ -433,7 +432,7 @@ class Knowledge:
         sentence says must state no figure or name that sentence (with its passage's title) and the question lack."""
         if not passages:
             return Grounded(answer, [], [])
-        said = [CITATION.sub("", s).strip() for s in sentences(answer)]
+        said = [uncited(s) for s in sentences(answer)]
         said = [s for s in said if s]
         source_sentences = [(i, s) for i, p in enumerate(passages) for s in sentences(p.body)]
         if not source_sentences:
@@ -480,7 +479,7 @@ class Knowledge:
             # dropped
         if not already:
             kept[:0] = [(lead, lead_passage + 1)] + [(source_sentences[i][1], source_sentences[i][0] + 1) for i in tied]
-        marked = [_mark(sentence, n) if n else sentence for sentence, n in kept]
+        marked = [cited(sentence, [n] if n else []) for sentence, n in kept]
         return Grounded(join_sentences(marked), passages, sorted({n for _, n in kept if n}))
 
 
@@ -502,8 +501,3 @@ def _new_facts(sentence: str, source: str) -> set[str]:
     return (set(FIGURE.findall(sentence)) - set(FIGURE.findall(source))) | \
         {n for n in names if n.lower() not in lowered}
 
-
-def _mark(sentence: str, number: int) -> str:
-    """The citation inside the sentence, before its full stop, so splitting the answer into sentences keeps it."""
-    body, end = (sentence[:-1], sentence[-1]) if sentence[-1:] in ".!?" else (sentence, "")
-    return f"{body} [{number}]{end}"

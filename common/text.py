@@ -1,4 +1,5 @@
-"""Plain-text checks shared by the engine and the orchestrator: loops, sentences, and where an answer may end.
+"""Plain-text checks shared by the engine and the orchestrator: loops, sentences, where an answer may end, and the
+citation marks ("[2]") an answer's sentences carry.
 
 Small models fall into loops ("1. 2. 3. 4. ...", a sentence again and again, "-1.123-1.123-1.123"). Two signs find
 them, both on text whose digits are folded to ``0`` so that counting loops look like repetition:
@@ -139,3 +140,23 @@ def sentence_cut(text: str, keep_from: int = 0, words: bool = True) -> int:
 
 def ends_a_sentence(text: str) -> bool:
     return bool(_SENTENCE_END.search(text))
+
+
+CITATION = re.compile(r"\s*\[(\d+)\]")  # a source's number in an answer: "... 72 hours [2]."
+
+
+def citations(sentence: str) -> list[int]:
+    return [int(n) for n in CITATION.findall(sentence)]
+
+
+def uncited(sentence: str) -> str:
+    return CITATION.sub("", sentence).strip()
+
+
+def cited(sentence: str, numbers: list[int]) -> str:
+    """The sentence with these citations inside it, before its full stop, so splitting the answer into sentences
+    keeps them."""
+    if not numbers:
+        return sentence
+    body, end = (sentence[:-1], sentence[-1]) if sentence[-1:] in ".!?" else (sentence, "")
+    return body + "".join(f" [{n}]" for n in numbers) + end

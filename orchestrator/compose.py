@@ -22,7 +22,7 @@ import torch
 
 from common.engine.types import GenerationRequest
 from common.protocol import Attribution, Citation, CompositionChecks, Step
-from common.text import is_degenerate, join_sentences, sentences
+from common.text import CITATION, citations, cited, is_degenerate, join_sentences, sentences, uncited
 
 GROUNDED = 0.6  # a sentence is grounded when its best cosine to an expert sentence reaches this
 MIN_GROUNDED_SHARE = 0.8  # a merge keeping less than this share of its sentences is not a merge of these answers
@@ -34,6 +34,8 @@ DUPLICATE = 0.85  # a sentence this close to one already kept says nothing new
 ANSWER_MAX_CHARS = 1200  # a small model's context fills fast; the opening of each answer carries most of it
 EXTRACT_MAX_CHARS = 1500
 
+# The merge prompt labels each answer "Expert answer N:"; a small model copies the label into its answer.
+LABEL = re.compile(r"\bExpert answer \d+:\s*", re.IGNORECASE)
 MERGE_INSTRUCTIONS = (
     "Answer the question below by combining the experts' answers into one clear answer. Use only facts the experts "
     "gave. Do not mention the experts."
@@ -125,7 +127,7 @@ class Composer:
         request = GenerationRequest(messages=[{"role": "user", "content": prompt}],
                                     max_new_tokens=self.merge_max_new_tokens, repetition_penalty=1.15,
                                     timeout_s=timeout_s, loop_guard=True, end_at_sentence=True)
-        text = self.engine.submit(request).result().text
+        text = LABEL.sub("", self.engine.submit(request).result().text)
         checks = CompositionChecks(best_expert_relevance=round(best, 4), left_out=left_out)
         if is_degenerate(text):
             return self._failed(checks, "the merge loops")
@@ -150,12 +152,22 @@ class Composer:
 
     @staticmethod
     def _attribute(parts: list[str], vectors: torch.Tensor, kept: list[_Answer], score) -> list[_Scored]:
-        """Each merged sentence with the experts whose sentences it matches; ungrounded sentences are dropped."""
+        """Each merged sentence with the experts whose sentences it matches, closest first; ungrounded sentences are
+        dropped. A sentence cites what the expert sentence closest to it cites, whatever marks the model copied: a
+        merge that keeps the experts' facts keeps their sources, and a mark never points at the wrong answer's."""
         scored = []
         for text, vector in zip(parts, vectors, strict=True):
-            sources = [(a.expert, a.step) for a in kept if float(score((a.vectors @ vector).max())) >= GROUNDED]
-            if sources:
-                scored.append(_Scored(text, [e for e, _ in sources], [s for _, s in sources]))
+            matches = []  # (cosine, answer, its closest sentence)
+            for a in kept:
+                similarity = a.vectors @ vector
+                k = int(similarity.argmax())
+                if float(score(similarity[k])) >= GROUNDED:
+                    matches.append((float(similarity[k]), a, k))
+            if matches:
+                matches.sort(key=lambda m: m[0], reverse=True)
+                _, closest, k = matches[0]
+                text = cited(uncited(text), citations(closest.sentences[k]))
+                scored.append(_Scored(text, [a.expert for _, a, _ in matches], [a.step for _, a, _ in matches]))
         return scored
 
     # ---- the extractive composition ------------------------------------------------------------------------------
@@ -223,29 +235,26 @@ def _attribution(scored: list[_Scored]) -> list[Attribution]:
     return [Attribution(text=s.text, experts=s.experts, steps=s.steps) for s in scored]
 
 
-MARKER = re.compile(r"\s*\[(\d+)\]")
-
-
 def cite(composition: Composition, steps: list[Step]) -> list[Citation]:
     """Renumber the experts' citations across the final answer, in order of first use; a marker whose source is
     unknown is dropped. Rewrites the composition's text and attribution in place and returns the cited sources."""
-    cited: dict[tuple[int, int], Citation] = {}
+    numbered: dict[tuple[int, int], Citation] = {}
 
     def renumber(step: int, match: re.Match) -> str:
         k = int(match.group(1))
         sources = steps[step].sources if 0 <= step < len(steps) else []
         if not 1 <= k <= len(sources):
             return ""
-        if (step, k) not in cited:
+        if (step, k) not in numbered:
             source = sources[k - 1]
-            cited[(step, k)] = Citation(**{**source.model_dump(), "number": len(cited) + 1, "cited": True},
-                                        expert=steps[step].expert or "", step=step)
-        return f" [{cited[(step, k)].number}]"
+            numbered[(step, k)] = Citation(**{**source.model_dump(), "number": len(numbered) + 1, "cited": True},
+                                          expert=steps[step].expert or "", step=step)
+        return f" [{numbered[(step, k)].number}]"
 
     if not any(s.sources for s in steps):
         return []
     for part in composition.attribution:
-        part.text = MARKER.sub(lambda m, step=part.steps[0]: renumber(step, m), part.text)
+        part.text = CITATION.sub(lambda m, step=part.steps[0]: renumber(step, m), part.text)
     if composition.attribution:
         composition.response = join_sentences([part.text for part in composition.attribution])
-    return list(cited.values())
+    return list(numbered.values())

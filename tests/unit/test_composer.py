@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from common.protocol import Step
+from common.protocol import Source, Step
 from common.text import is_degenerate
-from orchestrator.compose import Composer
+from orchestrator.compose import Composer, cite
 from tests.fakes import ScriptedEngine, WordsEmbedder
 
 TASK = "What does the GDPR regulation require of a contract?"
@@ -28,6 +28,26 @@ def test_a_grounded_on_topic_merge_is_used_and_attributed():
     assert result.response == "The GDPR regulation requires a contract. The contract binds the processor."
     assert all(set(a.experts) == {"law_expert", "other_lawyer"} for a in result.attribution)
     assert engine.requests[0].loop_guard and engine.requests[0].end_at_sentence
+
+
+def test_a_merge_cites_what_the_closest_expert_sentence_cites_and_drops_copied_labels():
+    def sourced(text: str, title: str) -> Step:
+        return Step(expert="law_expert" if "GDPR" in title else "other_lawyer", input=TASK, observation=text,
+                    sources=[Source(number=1, document=f"doc_{title}", title=title, chunk=0, score=0.9, cited=True,
+                                    text=title)])
+
+    steps = [sourced("The GDPR regulation requires a contract [1]. The contract must bind the processor.", "GDPR"),
+             sourced("A contract under the regulation binds the processor [1]. Court rulings enforce the "
+                     "regulation.", "Contracts")]
+    # the model copies the prompt's label, drops one citation and puts another on the wrong sentence
+    result, _ = compose("Expert answer 1: The GDPR regulation requires a contract. A contract under the regulation "
+                        "binds the processor. Court rulings enforce the regulation [1].", steps)
+    assert result.merge == "generated" and "Expert answer" not in result.response
+    sources = cite(result, steps)
+    assert [(c.number, c.title, c.expert) for c in sources] == [(1, "GDPR", "law_expert"),
+                                                                (2, "Contracts", "other_lawyer")]
+    assert result.response == ("The GDPR regulation requires a contract [1]. A contract under the regulation binds "
+                               "the processor [2]. Court rulings enforce the regulation.")
 
 
 def test_a_looping_merge_falls_back_to_the_experts_own_sentences():
