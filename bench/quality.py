@@ -4,7 +4,8 @@ Per strategy and per language of the task (English, Chinese): degenerate final a
 detector), grounded share (sentences of the final answer whose best cosine to any expert-answer sentence is at least
 0.6 on MiniLM's scale), merge gain (the final answer's cosine to the task minus the best expert answer's),
 off-topic consultations on single-domain tasks, the share of single-domain tasks whose right expert answered from
-at least one passage of its knowledge base, the share of each composition path, and p50/p95 latency. Answers are
+at least one passage of its knowledge base and, of those, the share whose final answer still cites a source (a merge
+must not lose the experts' citations), the share of each composition path, and p50/p95 latency. Answers are
 scored with the multilingual embedder the composer uses (common/embedding.py), so Chinese tasks are read, not
 guessed at. The strategies run interleaved, task by task, one request at a time.
 
@@ -51,6 +52,7 @@ def score(embed, task: str, body: dict, expected: list[str]) -> dict:
     return {
         "language": language.detect(task),
         "right_expert_sourced": len(expected) == 1 and any(s["sources"] for s in right),
+        "answer_cites": any(c["cited"] for c in body["sources"]),
         "degenerate": is_degenerate(final),
         "grounded_share": round(sum(grounded) / len(grounded), 3),
         "merge_gain": round(float(embed.score(final_v @ query)) - best, 3),
@@ -101,6 +103,7 @@ def summarize(rows: list[dict]) -> dict:
             continue
         single = [r for r in mine if len(r["expected"]) == 1]
         multi = [r for r in mine if len(r["expected"]) > 1]
+        sourced = [r for r in single if r["right_expert_sourced"]]
         latencies = sorted(r["latency_s"] for r in mine)
         out[strategy if lang is None else f"{strategy}/{lang}"] = {
             "tasks": len(mine),
@@ -110,6 +113,7 @@ def summarize(rows: list[dict]) -> dict:
             "merge_gain_mean": round(statistics.mean(r["merge_gain"] for r in mine), 3),
             "off_topic_share": round(sum(r["off_topic"] for r in single) / max(len(single), 1), 3),
             "right_expert_sourced": round(sum(r["right_expert_sourced"] for r in single) / max(len(single), 1), 3),
+            "sourced_answer_cites": round(sum(r["answer_cites"] for r in sourced) / max(len(sourced), 1), 3),
             "multi_all_consulted": f"{sum(not r['missed'] for r in multi)}/{len(multi)}",
             "paths": {p: sum(r["merge"] == p for r in mine) for p in ("generated", "extractive", "none")},
             "multi_generated": f"{sum(r['merge'] == 'generated' for r in multi)}/{len(multi)}",
@@ -123,9 +127,11 @@ def summarize(rows: list[dict]) -> dict:
 def report(q: dict) -> None:
     print(f"\n== Answer quality on {q['tasks']} dev tasks (bench/quality_tasks.yaml), embedded model ==")
     print("targets, in each language: 0 degenerate | merge gain >= -0.05 on >= 90% | grounded share >= 0.8 | react "
-          "off-topic <= 10% | Chinese single-domain: the right expert answers from a passage on >= 80%")
+          "off-topic <= 10% | Chinese single-domain: the right expert answers from a passage on >= 80% | an answer "
+          "from passages cites one")
     cols = ("tasks", "degenerate", "grounded_share_mean", "merge_gain_ok_share", "merge_gain_mean", "off_topic_share",
-            "right_expert_sourced", "multi_all_consulted", "multi_generated", "experts_looped", "p50_s", "p95_s")
+            "right_expert_sourced", "sourced_answer_cites", "multi_all_consulted", "multi_generated", "experts_looped",
+            "p50_s", "p95_s")
     print(f"{'strategy':>8} | " + " | ".join(cols) + " | paths")
     for strategy, s in q["summary"].items():
         print(f"{strategy:>8} | " + " | ".join(str(s[c]) for c in cols) + f" | {s['paths']}")
