@@ -3,10 +3,11 @@
 Whatever strategy gathered the answers, the composer
 1. cleans each answer (loops and repeated sentences out) and leaves out the answers that are off-topic next to the
    best one, so an expert consulted for nothing cannot pollute the result;
-2. with two or more on-topic answers, asks the LLM to merge them, then checks the merge: no loop, as on-topic as the
-   best expert answer (within ``MERGE_MARGIN``), and grounded: every kept sentence must say what some expert sentence
-   said (cosine >= ``GROUNDED`` on MiniLM's scale). Sentences that are not grounded are dropped, so nothing invented
-   survives;
+2. with two or more on-topic answers, asks the LLM to merge them, then checks the merge: no loop, grounded (every
+   kept sentence must say what some expert sentence said, cosine >= ``GROUNDED`` on MiniLM's scale; sentences that
+   are not are dropped, so nothing invented survives), keeping every expert sentence that cites a source (each kept
+   sentence cites what the expert sentence closest to it cites), and as on-topic as the best expert answer (within
+   ``MERGE_MARGIN``);
 3. falls back to an extractive composition it can always stand behind when the merge fails a check (or there is one
    answer only): the best answer's clean sentences, then the other answers' on-topic sentences that add something.
 Every sentence of the result names the experts (and steps) it came from.
@@ -132,11 +133,15 @@ class Composer:
         if is_degenerate(text):
             return self._failed(checks, "the merge loops")
         parts = sentences(text)
-        scored = self._attribute(parts, self.embed(parts), kept, self.embed.score)
+        vectors = self.embed(parts)
+        scored = self._attribute(parts, vectors, kept, self.embed.score)
         checks.grounded_share = round(len(scored) / len(parts), 4)
         if checks.grounded_share < MIN_GROUNDED_SHARE:
             return self._failed(checks, f"only {len(scored)} of {len(parts)} merged sentences say what an expert "
                                         "said")
+        dropped = self._dropped_sources(vectors, kept)
+        if dropped:
+            return self._failed(checks, f"the merge leaves out {dropped} of the experts' sourced sentences")
         final, relevance = self._scored_text(scored, query)
         checks.relevance = round(relevance, 4)
         if checks.relevance < best - MERGE_MARGIN:
@@ -169,6 +174,22 @@ class Composer:
                 text = cited(uncited(text), citations(closest.sentences[k]))
                 scored.append(_Scored(text, [a.expert for _, a, _ in matches], [a.step for _, a, _ in matches]))
         return scored
+
+    def _dropped_sources(self, vectors: torch.Tensor, kept: list[_Answer]) -> int:
+        """How many of the experts' sentences that cite a source (in the part of each answer the merge prompt shows)
+        no merged sentence restates. What an expert answered from its sources is the substance of the answer: a
+        merge that paraphrases it away ("The EU AI Act prohibits practices that are prohibited by the EU AI Act.")
+        keeps the experts' topic but loses their facts, and the extractive composition keeps them."""
+        dropped = 0
+        for a in kept:
+            shown = 0
+            for k, sentence in enumerate(a.sentences):
+                shown += len(sentence) + 1
+                if shown > ANSWER_MAX_CHARS:
+                    break
+                if citations(sentence) and float(self.embed.score((vectors @ a.vectors[k]).max())) < GROUNDED:
+                    dropped += 1
+        return dropped
 
     # ---- the extractive composition ------------------------------------------------------------------------------
     def _extractive(self, query: torch.Tensor, kept: list[_Answer], best: float, left_out: list[str],

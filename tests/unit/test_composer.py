@@ -50,6 +50,16 @@ def test_a_merge_cites_what_the_closest_expert_sentence_cites_and_drops_copied_l
                                "the processor [2]. Court rulings enforce the regulation.")
 
 
+def test_a_merge_that_leaves_out_a_sourced_sentence_falls_back_to_the_experts_own():
+    sourced = Step(expert="law_expert", input=TASK, observation="The GDPR regulation requires a contract [1]. The "
+                   "contract must bind the processor.", sources=[Source(number=1, document="doc_gdpr", title="GDPR",
+                                                                        chunk=0, score=0.9, cited=True, text="GDPR")])
+    result, _ = compose("The contract binds the processor. A contract under the regulation binds the processor.",
+                        [sourced, *answers(LAW_B, expert_names=("other_lawyer",))])
+    assert result.merge == "extractive" and "leaves out 1 of the experts' sourced sentences" in result.checks.why
+    assert result.response.startswith("The GDPR regulation requires a contract [1].")
+
+
 def test_a_looping_merge_falls_back_to_the_experts_own_sentences():
     result, _ = compose("1. 2. 3. 4. 5. 6. 7. 8. 9. 10. 11. 12. 13. 14. 15. 16. 17. 18. 19. 20. 21. 22.",
                         answers(LAW_A, LAW_B))
