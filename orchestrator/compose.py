@@ -36,7 +36,8 @@ ANSWER_MAX_CHARS = 1200  # a small model's context fills fast; the opening of ea
 EXTRACT_MAX_CHARS = 1500
 
 # The merge prompt labels each answer "Expert answer N:"; a small model copies the label into its answer.
-LABEL = re.compile(r"\bExpert answer \d+:\s*", re.IGNORECASE)
+ANSWER_LABEL = "Expert answer"
+LABEL = re.compile(rf"\b{ANSWER_LABEL} \d+:\s*", re.IGNORECASE)
 MERGE_INSTRUCTIONS = (
     "Answer the question below by combining the experts' answers into one clear answer. Use only facts the experts "
     "gave. Do not mention the experts."
@@ -60,6 +61,11 @@ class _Answer:
     vectors: torch.Tensor  # one row per sentence
     relevance: float  # cosine of the whole (clean) answer to the task
     raw_relevance: float  # cosine of the answer as the expert gave it
+
+    @property
+    def shown(self) -> str:
+        """What the merge prompt shows of this answer: its opening, cut at a word."""
+        return _clip(join_sentences(self.sentences), ANSWER_MAX_CHARS)
 
 
 @dataclass
@@ -122,8 +128,7 @@ class Composer:
     # ---- the generated merge -----------------------------------------------------------------------------------------
     def _generated(self, task: str, query: torch.Tensor, kept: list[_Answer], best: float, left_out: list[str],
                    timeout_s: float) -> Composition:
-        listed = "\n\n".join(f"Expert answer {n}:\n{_clip(join_sentences(a.sentences), ANSWER_MAX_CHARS)}"
-                             for n, a in enumerate(kept, 1))
+        listed = "\n\n".join(f"{ANSWER_LABEL} {n}:\n{a.shown}" for n, a in enumerate(kept, 1))
         prompt = f"{MERGE_INSTRUCTIONS}\n\nQuestion: {task}\n\n{listed}\n\nQuestion: {task}\nCombined answer:"
         request = GenerationRequest(messages=[{"role": "user", "content": prompt}],
                                     max_new_tokens=self.merge_max_new_tokens, repetition_penalty=1.15,
@@ -180,16 +185,9 @@ class Composer:
         no merged sentence restates. What an expert answered from its sources is the substance of the answer: a
         merge that paraphrases it away ("The EU AI Act prohibits practices that are prohibited by the EU AI Act.")
         keeps the experts' topic but loses their facts, and the extractive composition keeps them."""
-        dropped = 0
-        for a in kept:
-            shown = 0
-            for k, sentence in enumerate(a.sentences):
-                shown += len(sentence) + 1
-                if shown > ANSWER_MAX_CHARS:
-                    break
-                if citations(sentence) and float(self.embed.score((vectors @ a.vectors[k]).max())) < GROUNDED:
-                    dropped += 1
-        return dropped
+        return sum(float(self.embed.score((vectors @ a.vectors[k]).max())) < GROUNDED
+                   for a in kept for k, sentence in enumerate(a.sentences)
+                   if citations(sentence) and sentence in a.shown)
 
     # ---- the extractive composition ------------------------------------------------------------------------------
     def _extractive(self, query: torch.Tensor, kept: list[_Answer], best: float, left_out: list[str],
