@@ -18,6 +18,8 @@ from urllib.parse import urlparse
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.exceptions import MCPError
+from mcp.types import INVALID_PARAMS
 from pydantic import ValidationError
 from starlette.middleware import Middleware
 
@@ -41,9 +43,20 @@ def answer_text(result: dict) -> str:
     return "\n".join(lines)
 
 
+class PanelServer(MCPServer):
+    """The SDK's server, with the specification's error for a tool it does not have: a JSON-RPC error (-32602,
+    'Unknown tool: <name>'), not a tool result with ``isError`` (which the spec keeps for a tool that ran and failed,
+    so a client's model may retry with other arguments; an unknown name is the caller's mistake, not the tool's)."""
+
+    async def call_tool(self, name, arguments, context=None):
+        if name not in {tool.name for tool in await self.list_tools()}:
+            raise MCPError(INVALID_PARAMS, f"Unknown tool: {name}")
+        return await super().call_tool(name, arguments, context)
+
+
 def build(service, registry, settings, version: str):
     """The MCP server's ASGI app. Per-expert tools are added in the background as experts answer their cards."""
-    server = MCPServer(name="conclave", version=version, instructions=(
+    server = PanelServer(name="conclave", version=version, instructions=(
         "Conclave is a panel of expert agents. Use consult_panel for a question that may need several fields "
         "(its answer cites the experts' sources), or ask_<expert> to ask one expert."))
 
