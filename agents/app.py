@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 from flask import Flask, request, send_from_directory
@@ -29,7 +30,7 @@ from common.protocol import (
     SessionHistory,
 )
 from common.settings import AgentSettings
-from common.web import ApiError, check_id, install, metrics_response, parse_body, sse, static_file
+from common.web import ApiError, cacheable, check_id, install, metrics_response, parse_body, sse, static_file
 
 STATIC = Path(__file__).with_name("static")
 ROUTES = [
@@ -62,6 +63,7 @@ def create_app(settings: AgentSettings | None = None, engine=None, embedder=None
     if engine is None:
         engine = start_engine(settings)
     app = Flask(__name__, static_folder=None)
+    started = datetime.now(UTC).replace(microsecond=0)  # the card's Last-Modified: it is built from settings
     metrics = install(app, settings, persona.id)
     sessions = SessionStore(settings.data_dir / f"sessions-{persona.id}.sqlite3", settings.retain_days)
     knowledge = Knowledge(open_store(settings.knowledge_store, settings.data_dir, persona.id),
@@ -156,7 +158,8 @@ def create_app(settings: AgentSettings | None = None, engine=None, embedder=None
     @app.get("/.well-known/agent-card.json")
     @app.get("/.well-known/agent.json")
     def agent_card():
-        return service.card(request.host_url)
+        version = request.headers.get(a2a.VERSION_HEADER) or request.args.get(a2a.VERSION_HEADER)
+        return cacheable(a2a.card_json(service.card_proto(request.host_url), version), started, a2a.VERSION_HEADER)
 
     @app.get("/metrics")
     def metrics_text():

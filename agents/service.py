@@ -13,7 +13,7 @@ from agents.knowledge import Knowledge, Passage
 from agents.personas import Persona
 from agents.sessions import SessionStore
 from common import language
-from common.a2a import Progress, agent_card, card_json
+from common.a2a import Progress, agent_card
 from common.engine import tools
 from common.engine.types import Engine, EngineError, Generation, GenerationResult
 from common.errors import StorageFull
@@ -229,9 +229,6 @@ class ExpertService:
             self.persona.name, self.persona.description, self.settings.public_url or base_url, VERSION,
             self.persona.skills, bool(self.settings.api_key),
             {"persona": self.persona.id, "chat": "/chat", "openai": "/v1", "model": self.model_name})
-
-    def card(self, base_url: str) -> dict:
-        return card_json(self.card_proto(base_url))
 
     # ---- A2A ------------------------------------------------------------------------------------------------------
     def a2a_turn(self, text: str, context_id: str, cancelled: threading.Event) -> Iterator[Progress]:

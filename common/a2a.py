@@ -36,6 +36,7 @@ from a2a.types.a2a_pb2 import (
     StringList,
     TaskState,
 )
+from google.protobuf.json_format import MessageToDict
 from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -138,9 +139,16 @@ def agent_card(name: str, description: str, url: str, version: str, skills: list
     return card
 
 
-def card_json(card: AgentCard) -> dict:
-    """The card as served: A2A 1.0, with the 0.3 fields (``url``, ``preferredTransport``...) for older clients."""
-    return agent_card_to_dict(card)
+VERSION_HEADER = "A2A-Version"
+
+
+def card_json(card: AgentCard, requested_version: str | None) -> dict:
+    """The card as served to a client asking in ``requested_version`` (its ``A2A-Version`` header or parameter): the
+    A2A 1.0 card exactly, or, for a request without a version, also 0.3's fields (``url``, ``preferredTransport``...),
+    since the specification reads a missing version as a 0.3 client's and a 1.0 card admits no other fields."""
+    if (requested_version or "0.3").strip().startswith("0."):
+        return agent_card_to_dict(card)
+    return MessageToDict(card)
 
 
 class Bearer(BaseHTTPMiddleware):
@@ -159,12 +167,26 @@ class Bearer(BaseHTTPMiddleware):
         return await call_next(request)
 
 
+class JsonOnly(BaseHTTPMiddleware):
+    """A request body that is not ``application/json`` gets A2A's ContentTypeNotSupportedError (-32005) with HTTP 415,
+    the status A2A maps that error to; the SDK would read the body anyway and answer a parse error."""
+
+    async def dispatch(self, request, call_next):
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if request.method == "POST" and media_type != "application/json":
+            return JSONResponse({"jsonrpc": "2.0", "id": None, "error": {
+                "code": -32005, "message": f"Content-Type {media_type or '(none)'} is not supported: send "
+                                           "application/json"}}, status_code=415)
+        return await call_next(request)
+
+
 def mount(flask_app, turn: Turn, card: AgentCard, db_path: Path, api_key: str | None) -> None:
     """Serve A2A JSON-RPC at ``/a2a`` beside the Flask routes (a2wsgi runs the SDK's ASGI app in the WSGI server)."""
     db_path.parent.mkdir(parents=True, exist_ok=True)
     store = DatabaseTaskStore(create_async_engine(f"sqlite+aiosqlite:///{db_path}"), create_table=True)
     handler = DefaultRequestHandler(agent_executor=TurnExecutor(turn), task_store=store, agent_card=card)
     middleware = [Middleware(Bearer, expected=f"Bearer {api_key}".encode())] if api_key else []
+    middleware.append(Middleware(JsonOnly))
     asgi = Starlette(routes=create_jsonrpc_routes(handler, rpc_url="/", enable_v0_3_compat=True),
                      middleware=middleware)
     asgi_mount(flask_app, RPC_PATH, asgi)

@@ -57,7 +57,9 @@ class ExpertClient:
             raise ExpertError(self.name, _short(exc)) from None
 
     def card(self) -> AgentCard:
-        resp = self._request("GET", "/.well-known/agent-card.json", timeout=(self.timeout[0], 10))
+        # the A2A version we read, as 1.0 clients must say: an agent serving 0.3 too then sends the 1.0 card only
+        resp = self._request("GET", "/.well-known/agent-card.json", timeout=(self.timeout[0], 10),
+                             params={"A2A-Version": "1.0"})
         _raise_for(resp, self.name)
         return AgentCard.model_validate(resp.json())
 

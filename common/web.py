@@ -13,10 +13,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-from flask import Flask, Response, g, request, send_from_directory
+from flask import Flask, Response, g, jsonify, request, send_from_directory
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
@@ -171,6 +172,18 @@ def sse(events: Iterable[tuple[str | None, object]], on_close: Callable[[], None
     resp.headers["Cache-Control"] = "no-cache"
     resp.headers["X-Accel-Buffering"] = "no"
     return resp
+
+
+def cacheable(body: dict, modified: datetime, vary: str, max_age: int = 300) -> Response:
+    """A JSON document clients may cache (an agent card: A2A's discovery section asks for Cache-Control, ETag and
+    Last-Modified): a 304 to a client whose copy is current. ``vary`` names the request header the body depends on."""
+    resp = jsonify(body)
+    resp.cache_control.public = True
+    resp.cache_control.max_age = max_age
+    resp.last_modified = modified
+    resp.vary.add(vary)
+    resp.add_etag()
+    return resp.make_conditional(request)
 
 
 def metrics_response(metrics: Metrics) -> Response:

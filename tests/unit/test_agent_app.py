@@ -208,6 +208,26 @@ def test_agent_card_has_the_a2a_shape_on_both_paths(client):
         assert all({"id", "name", "description", "examples"} <= set(s) for s in card["skills"])
 
 
+def test_a_1_0_client_gets_the_1_0_card_exactly_and_may_cache_it(client):
+    """Regressions from the A2A TCK (make e2e-conformance): a client sending A2A-Version 1.0 gets no 0.3 fields (the
+    1.0 card schema admits none; the spec reads a request without the header as a 0.3 client's), and the card is
+    cacheable as the discovery section asks (Cache-Control, ETag, Last-Modified; 304 when the copy is current)."""
+    card = client.get("/.well-known/agent-card.json", headers={"A2A-Version": "1.0"})
+    assert not {"url", "preferredTransport", "protocolVersion"} & set(card.get_json())
+    assert card.get_json()["supportedInterfaces"][0]["protocolVersion"] == "1.0"
+    assert client.get("/.well-known/agent-card.json?A2A-Version=1.0").get_json() == card.get_json()
+    assert "url" in client.get("/.well-known/agent-card.json", headers={"A2A-Version": "0.3"}).get_json()
+    assert card.cache_control.max_age and card.headers["ETag"] and card.headers["Last-Modified"]
+    assert "A2A-Version" in card.headers["Vary"]
+    current = {"A2A-Version": "1.0", "If-None-Match": card.headers["ETag"]}
+    assert client.get("/.well-known/agent-card.json", headers=current).status_code == 304
+
+
+def test_a2a_answers_a_body_that_is_not_json_with_content_type_not_supported(client):
+    resp = client.post("/a2a", data="{'jsonrpc': '2.0'}", content_type="text/plain")
+    assert resp.status_code == 415 and resp.get_json()["error"]["code"] == -32005
+
+
 def test_api_key_guards_everything_but_health(tmp_path, engine):
     settings = AgentSettings(persona="ai_expert", data_dir=tmp_path, api_key="s3cret")
     client = expert_app(settings, engine).test_client()
