@@ -190,7 +190,7 @@ class ExpertService:
         def chunk(delta: DeltaMessage, finish: str | None = None, usage: Usage | None = None) -> str:
             body = ChatCompletionChunk(id=chunk_id, model=self.model_name, usage=usage,
                                        choices=[ChunkChoice(delta=delta, finish_reason=finish)])
-            return body.model_dump_json(exclude_none=True)
+            return body.model_dump_json()
 
         def deltas() -> Iterator[DeltaMessage]:
             """Text as it comes; with tools, each call as one delta once it is complete (OpenAI clients add up the

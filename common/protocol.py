@@ -392,6 +392,13 @@ class FunctionCall(BaseModel):
     arguments: str = Field(description="JSON text that matches the function's parameters schema.")
 
 
+def _absent(value: object) -> bool:
+    return value is None
+
+
+# The answer shapes below follow OpenAI's published OpenAPI document (checked by make e2e-conformance): fields it
+# requires are sent even when null (refusal, logprobs, a chunk's finish_reason); fields it types without null
+# (tool_calls, a delta's role and content, a call delta's id) are left out rather than sent as null.
 class ToolCallOut(BaseModel):
     id: str
     type: Literal["function"] = "function"
@@ -401,13 +408,15 @@ class ToolCallOut(BaseModel):
 class ChoiceMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
-    tool_calls: list[ToolCallOut] | None = None
+    refusal: str | None = None  # never set: the experts do not refuse by policy
+    tool_calls: list[ToolCallOut] | None = Field(None, exclude_if=_absent)
 
 
 class CompletionChoice(BaseModel):
     index: int = 0
     message: ChoiceMessage
     finish_reason: str
+    logprobs: dict[str, Any] | None = None  # never set: log probabilities are not offered
 
 
 class ChatCompletionResponse(BaseModel):
@@ -421,21 +430,22 @@ class ChatCompletionResponse(BaseModel):
 
 class ToolCallDelta(BaseModel):
     index: int
-    id: str | None = None
-    type: Literal["function"] | None = None
+    id: str | None = Field(None, exclude_if=_absent)
+    type: Literal["function"] | None = Field(None, exclude_if=_absent)
     function: FunctionCall
 
 
 class DeltaMessage(BaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-    tool_calls: list[ToolCallDelta] | None = None
+    role: Literal["assistant"] | None = Field(None, exclude_if=_absent)
+    content: str | None = Field(None, exclude_if=_absent)
+    tool_calls: list[ToolCallDelta] | None = Field(None, exclude_if=_absent)
 
 
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: DeltaMessage
     finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -444,7 +454,7 @@ class ChatCompletionChunk(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
     choices: list[ChunkChoice]
-    usage: Usage | None = None
+    usage: Usage | None = Field(None, exclude_if=_absent)  # on the last chunk only
 
 
 class ModelCard(BaseModel):

@@ -228,6 +228,21 @@ def test_a2a_answers_a_body_that_is_not_json_with_content_type_not_supported(cli
     assert resp.status_code == 415 and resp.get_json()["error"]["code"] == -32005
 
 
+def test_v1_answers_carry_the_fields_openais_schema_requires_and_no_nulls_it_forbids(client):
+    """Regressions from OpenAI's OpenAPI document (make e2e-conformance): a choice has logprobs and its message
+    refusal (null), tool_calls is left out rather than null; a chunk has finish_reason (null until the last) and
+    logprobs, and its delta no null fields."""
+    ask = {"model": "law_expert", "messages": [{"role": "user", "content": "hi"}]}
+    choice = client.post("/v1/chat/completions", json=ask).get_json()["choices"][0]
+    assert choice["logprobs"] is None and choice["message"]["refusal"] is None and "tool_calls" not in choice["message"]
+    stream = client.post("/v1/chat/completions", json={**ask, "stream": True}).get_data(as_text=True)
+    chunks = [json.loads(line[6:]) for line in stream.splitlines() if line.startswith("data: {")]
+    assert all({"finish_reason", "logprobs"} <= set(c["choices"][0]) for c in chunks)
+    assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    assert all(None not in c["choices"][0]["delta"].values() for c in chunks)
+    assert "usage" not in chunks[0] and chunks[-1]["usage"]["total_tokens"] > 0
+
+
 def test_api_key_guards_everything_but_health(tmp_path, engine):
     settings = AgentSettings(persona="ai_expert", data_dir=tmp_path, api_key="s3cret")
     client = expert_app(settings, engine).test_client()
