@@ -8,7 +8,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
 .PHONY: install install-dev run first-start test test-unit bench soak lint clean up down compose-config compose-e2e \
-	e2e-browser e2e-servers
+	e2e-browser e2e-servers e2e-conformance
 
 install: $(STAMP)
 $(STAMP): requirements.txt requirements-nodeps.txt
@@ -47,6 +47,10 @@ e2e-browser: install-dev ## headless chromium against real services
 
 e2e-servers: install-dev ## real peer servers: llama-server (built once, cached in ~/.cache/conclave), Postgres+pgvector
 	$(PY) -m pytest -m servers -o addopts="" -s tests $(PYTEST_ARGS)
+
+e2e-conformance: install-dev ## MCP conformance suite, MCP inspector CLI, @a2a-js/sdk client; the A2A TCK if A2A_TCK_DIR
+	command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs npm)
+	$(PY) -m pytest -m conformance -o addopts="" -s tests/conformance $(PYTEST_ARGS)
 
 compose-config: install-dev
 	$(PY) -m pytest tests/unit/test_compose.py $(PYTEST_ARGS)
