@@ -81,14 +81,15 @@ def build(service, registry, settings, version: str):
                 loop.call_soon_threadsafe(events.put_nowait, ("error", {"error": {"message": str(exc)}}))
 
         threading.Thread(target=run, name="mcp-consult", daemon=True).start()
-        step = 0
+        reported = 0  # the spec: the progress value MUST increase with each notification
         while True:
             event, data = await events.get()
             if event == "action":
-                step += 1
-                await ctx.report_progress(step, None, f"asking {data['expert']}")
+                reported += 1
+                await ctx.report_progress(reported, None, f"asking {data['expert']}")
             elif event == "observation":
-                await ctx.report_progress(step, None, f"{data['expert']} answered" if data["ok"]
+                reported += 1
+                await ctx.report_progress(reported, None, f"{data['expert']} answered" if data["ok"]
                                           else data["observation"])
             elif event == "final":
                 return answer_text(data)

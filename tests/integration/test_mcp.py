@@ -4,6 +4,7 @@ answer, a direct question to one expert, and Origin and key checks."""
 from __future__ import annotations
 
 import asyncio
+from itertools import pairwise
 
 import requests
 from mcp import ClientSession
@@ -13,10 +14,10 @@ from harness.services import orchestrator_service
 
 
 async def session_call(url: str, tool: str, arguments: dict, headers=None):
-    progress: list[str] = []
+    progress: list[tuple[float, str]] = []
 
     async def on_progress(value, total, message):
-        progress.append(message)
+        progress.append((value, message))
 
     import httpx
 
@@ -39,7 +40,11 @@ def test_consult_the_panel_over_mcp_with_progress(orchestrator):
     assert {"consult_panel", "ask_law_expert", "ask_ai_expert"} <= set(tools)
     text = result.content[0].text
     assert not result.is_error and "20 million" in text and "Sources:" in text and "law_expert" in text
-    assert progress[0].startswith("asking ") and any(p.endswith("answered") for p in progress)
+    values, messages = zip(*progress, strict=True)
+    assert messages[0].startswith("asking ") and any(m.endswith("answered") for m in messages)
+    # the spec (utilities/progress): the value MUST increase with each notification; an expert's answer reported
+    # the same value as its question (found by TypeScript's SDK, make e2e-conformance)
+    assert all(a < b for a, b in pairwise(values)), values
 
 
 def test_ask_one_expert_directly_and_bad_arguments_are_tool_errors(orchestrator):
