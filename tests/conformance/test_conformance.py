@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,23 @@ def test_mcp_inspector_cli_lists_and_calls_the_panel(node_env, stack):
     unknown = run(["node", "index.js", url, "--method", "tools/call", "--tool-name", "no_such_tool"], node_env,
                   cwd=inspector)
     assert unknown.returncode != 0 and "Unknown tool: no_such_tool" in unknown.stdout + unknown.stderr
+
+
+def test_mcp_progress_from_the_typescript_sdk(node_env, stack):
+    """The suite's progress scenario calls its reference server's fixture tool; the same check on consult_panel, from
+    TypeScript's MCP SDK: a notification as the expert is asked and as it answers, each value higher than the last
+    (the spec's MUST), then the answer."""
+    shutil.copy(HERE / "mcp_progress.mjs", CACHE / "mcp_progress.mjs")  # beside its node_modules, as ESM resolves
+    done = run(["node", "mcp_progress.mjs", f"{stack['orchestrator'].url}/mcp",
+                "What is the maximum fine under the GDPR?"], node_env, timeout=900)
+    assert done.returncode == 0
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    steps = [p["progress"] for p in report["progress"]]
+    messages = [p.get("message", "") for p in report["progress"]]
+    assert len(steps) >= 2 and all(a < b for a, b in pairwise(steps)), report["progress"]  # MUST increase
+    assert messages[0].startswith("asking law_expert") and "law_expert answered" in messages
+    text = report["result"]["content"][0]["text"]
+    assert not report["result"].get("isError") and "20 million" in text and "Sources:" in text
 
 
 @pytest.mark.parametrize("service", ["law_expert", "orchestrator"])
