@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 from flask import Flask, request, send_from_directory
@@ -30,7 +29,7 @@ from common.protocol import (
     SessionHistory,
 )
 from common.settings import AgentSettings
-from common.web import ApiError, cacheable, check_id, install, metrics_response, parse_body, sse, static_file
+from common.web import ApiError, check_id, install, metrics_response, parse_body, sse, static_file
 
 STATIC = Path(__file__).with_name("static")
 ROUTES = [
@@ -63,7 +62,6 @@ def create_app(settings: AgentSettings | None = None, engine=None, embedder=None
     if engine is None:
         engine = start_engine(settings)
     app = Flask(__name__, static_folder=None)
-    started = datetime.now(UTC).replace(microsecond=0)  # the card's Last-Modified: it is built from settings
     metrics = install(app, settings, persona.id)
     sessions = SessionStore(settings.data_dir / f"sessions-{persona.id}.sqlite3", settings.retain_days)
     knowledge = Knowledge(open_store(settings.knowledge_store, settings.data_dir, persona.id),
@@ -155,11 +153,7 @@ def create_app(settings: AgentSettings | None = None, engine=None, embedder=None
             raise ApiError(404, f"no document {document_id!r} in the knowledge base", "not_found")
         return {"id": document_id, "deleted": True}
 
-    @app.get("/.well-known/agent-card.json")
-    @app.get("/.well-known/agent.json")
-    def agent_card():
-        version = request.headers.get(a2a.VERSION_HEADER) or request.args.get(a2a.VERSION_HEADER)
-        return cacheable(a2a.card_json(service.card_proto(request.host_url), version), started, a2a.VERSION_HEADER)
+    a2a.serve_card(app, service.card_proto)
 
     @app.get("/metrics")
     def metrics_text():

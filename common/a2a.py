@@ -14,8 +14,10 @@ import hmac
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+import flask
 from a2a.helpers.proto_helpers import get_message_text, new_task_from_user_message, new_text_message, new_text_part
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
@@ -44,7 +46,8 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.responses import JSONResponse
 
 from common.asgi import mount as asgi_mount
-from common.protocol import CONCLAVE_EXTENSION
+from common.protocol import A2A_VERSION_HEADER, CONCLAVE_EXTENSION
+from common.web import cacheable
 
 PROTOCOL_VERSION = "1.0"
 RPC_PATH = "/a2a"
@@ -139,7 +142,7 @@ def agent_card(name: str, description: str, url: str, version: str, skills: list
     return card
 
 
-VERSION_HEADER = "A2A-Version"
+CARD_PATHS = ("/.well-known/agent-card.json", "/.well-known/agent.json")  # agent.json: where older clients look
 
 
 def card_json(card: AgentCard, requested_version: str | None) -> dict:
@@ -178,6 +181,19 @@ class JsonOnly(BaseHTTPMiddleware):
                 "code": -32005, "message": f"Content-Type {media_type or '(none)'} is not supported: send "
                                            "application/json"}}, status_code=415)
         return await call_next(request)
+
+
+def serve_card(flask_app, card_for: Callable[[str], AgentCard]) -> None:
+    """The service's card at both well-known paths, built by ``card_for(base url)`` for the version the client asks
+    for (``A2A-Version`` header or parameter), cacheable; Last-Modified is the start, as the card comes of settings."""
+    started = datetime.now(UTC).replace(microsecond=0)
+
+    def agent_card():
+        version = flask.request.headers.get(A2A_VERSION_HEADER) or flask.request.args.get(A2A_VERSION_HEADER)
+        return cacheable(card_json(card_for(flask.request.host_url), version), started, A2A_VERSION_HEADER)
+
+    for path in CARD_PATHS:
+        flask_app.add_url_rule(path, "agent_card", agent_card)
 
 
 def mount(flask_app, turn: Turn, card: AgentCard, db_path: Path, api_key: str | None) -> None:

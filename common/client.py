@@ -14,7 +14,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from common.protocol import AgentCard, ChatResponse
+from common.protocol import A2A_VERSION_HEADER, AgentCard, ChatResponse
 
 
 class ExpertError(Exception):
@@ -59,7 +59,7 @@ class ExpertClient:
     def card(self) -> AgentCard:
         # the A2A version we read, as 1.0 clients must say: an agent serving 0.3 too then sends the 1.0 card only
         resp = self._request("GET", "/.well-known/agent-card.json", timeout=(self.timeout[0], 10),
-                             params={"A2A-Version": "1.0"})
+                             params={A2A_VERSION_HEADER: "1.0"})
         _raise_for(resp, self.name)
         return AgentCard.model_validate(resp.json())
 

@@ -500,6 +500,7 @@ class AgentInterface(BaseModel):
 
 
 CONCLAVE_EXTENSION = "https://github.com/conclave/extensions/persona/v1"
+A2A_VERSION_HEADER = "A2A-Version"  # the protocol version a client reads (header or query parameter)
 
 
 class AgentCard(BaseModel):

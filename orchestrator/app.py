@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 
 from flask import Flask, request, send_from_directory
@@ -17,17 +16,7 @@ from common.engine import start_engine
 from common.openapi import Route, build_openapi
 from common.protocol import IntegrateRequest, IntegrateResponse, RunRecord
 from common.settings import OrchestratorSettings
-from common.web import (
-    ApiError,
-    cacheable,
-    check_id,
-    error_response,
-    install,
-    metrics_response,
-    parse_body,
-    sse,
-    static_file,
-)
+from common.web import ApiError, check_id, error_response, install, metrics_response, parse_body, sse, static_file
 from orchestrator import mcp
 from orchestrator.experts import ExpertRegistry
 from orchestrator.routing import Router
@@ -58,7 +47,6 @@ def create_app(settings: OrchestratorSettings | None = None, llm=None, experts: 
     router and ``judge_factory`` the composer's embedder: all injectable."""
     settings = settings or OrchestratorSettings()
     engine = llm if llm is not None else start_engine(settings)
-    started = datetime.now(UTC).replace(microsecond=0)  # the card's Last-Modified: it is built from settings
     if experts is None:
         experts = ExpertRegistry(settings.expert_url_list, lambda url: ExpertClient(
             url, settings.api_key, settings.connect_timeout_s, settings.read_timeout_s, settings.retries),
@@ -83,11 +71,7 @@ def create_app(settings: OrchestratorSettings | None = None, llm=None, experts: 
 
     asgi.mount(app, mcp.MCP_PATH, mcp.build(service, experts, settings, VERSION), lifespan=True)
 
-    @app.get("/.well-known/agent-card.json")
-    @app.get("/.well-known/agent.json")
-    def agent_card():
-        version = request.headers.get(a2a.VERSION_HEADER) or request.args.get(a2a.VERSION_HEADER)
-        return cacheable(a2a.card_json(card(request.host_url), version), started, a2a.VERSION_HEADER)
+    a2a.serve_card(app, card)
 
     @app.get("/health")
     def health():
