@@ -32,6 +32,8 @@ def node_env() -> dict[str, str]:
             shutil.copy(HERE / name, CACHE / name)
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=CACHE, check=True)
         stamp.write_text(hashlib.sha256(lock).hexdigest())
+    for script in HERE.glob("*.mjs"):  # our Node scripts run beside node_modules, where ESM imports resolve
+        shutil.copy(script, CACHE / script.name)
     env = {**os.environ, "PATH": f"{CACHE / 'node_modules' / '.bin'}{os.pathsep}{os.environ['PATH']}"}
     version = subprocess.run(["node", "--version"], env=env, capture_output=True, text=True).stdout
     assert version.startswith("v22."), f"npm's node did not install (got {version!r}): npm ci in {CACHE}"

@@ -68,7 +68,6 @@ def test_mcp_progress_from_the_typescript_sdk(node_env, stack):
     """The suite's progress scenario calls its reference server's fixture tool; the same check on consult_panel, from
     TypeScript's MCP SDK: a notification as the expert is asked and as it answers, each value higher than the last
     (the spec's MUST), then the answer."""
-    shutil.copy(HERE / "mcp_progress.mjs", CACHE / "mcp_progress.mjs")  # beside its node_modules, as ESM resolves
     done = run(["node", "mcp_progress.mjs", f"{stack['orchestrator'].url}/mcp",
                 "What is the maximum fine under the GDPR?"], node_env, timeout=900)
     assert done.returncode == 0
@@ -85,7 +84,6 @@ def test_mcp_progress_from_the_typescript_sdk(node_env, stack):
 def test_a2a_from_the_typescript_sdk(node_env, stack, service):
     """Card, blocking and streamed sends, GetTask, a continued context, CancelTask, and TaskNotFound, through
     @a2a-js/sdk's client; the answers are judged by their text, not only their shape."""
-    shutil.copy(HERE / "a2a_client.mjs", CACHE / "a2a_client.mjs")  # beside its node_modules, as ESM resolves
     url = stack[service].url
     done = run(["node", "a2a_client.mjs", url, QUESTION, "Who else must be told?"], node_env, timeout=900)
     assert done.returncode == 0
