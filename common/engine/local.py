@@ -26,12 +26,11 @@ from pathlib import Path
 
 import torch
 
-from common.text import MAX_PERIOD, loop_start, sentence_cut
-
 from .decoders import make_decoder
 from .decoding import Decoder
 from .grammar import GrammarCompiler, close_soon, mask_logits
 from .loading import load_model
+from .output import OutputProcessor
 from .tools import for_template, template_knows_tools, with_tools_prompt
 from .types import (
     CONSTRAINT_KINDS,
@@ -47,12 +46,6 @@ from .types import (
 
 log = logging.getLogger(__name__)
 
-
-# With the loop guard on, this much of the newest text waits before it is streamed: the longest repetition the guard
-# cuts back (common.text.MAX_PERIOD) plus a token's worth, so what it cuts was never sent.
-LOOP_HOLDBACK = MAX_PERIOD + 16
-# With end_at_sentence, text after the last sentence end waits once this few tokens of the budget are left.
-SENTENCE_ZONE = 64
 
 # A constrained row with this share of its token budget left (at most CLOSING_ZONE tokens) is steered to close
 # whatever it has open: a JSON object or tool call cut by max_new_tokens is no object and no call.
@@ -81,12 +74,15 @@ class _Row:
     prefix_len: int = 0  # leading prompt tokens that render the system message (see _system_prefix_len)
     matcher: object | None = None
     token_ids: list[int] = field(default_factory=list)
-    text: str = ""  # the answer so far, detokenized incrementally
-    window: tuple[int, int] = (0, 0)  # (start, end) of the tokens whose text last went into ``text``
-    emitted: int = 0  # characters of text already pushed to the caller
-    finish_reason: str | None = None
-    looped: bool = False  # the loop guard ended this row
+    window: tuple[int, int] = (0, 0)  # (start, end) of the tokens whose text was last detokenized
     error: EngineError | None = None  # this row failed alone; the rest of the batch goes on
+
+    def __post_init__(self) -> None:
+        self.out = OutputProcessor(self.gen.request)  # stops, loop guard, hold-back, sentence cut
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.out.finish_reason
 
 
 class LocalEngine:
@@ -393,48 +389,16 @@ class LocalEngine:
             r.token_ids.append(token)
             if r.matcher is not None:
                 r.matcher.accept_token(token)
+            finish = None
             if token in self.eos_ids:
                 r.token_ids.pop()  # the end-of-turn token is never part of the answer
-                r.finish_reason = "stop"
+                finish = "stop"
             elif r.matcher is not None and r.matcher.is_terminated():
-                r.finish_reason = "stop"
+                finish = "stop"
             elif len(r.token_ids) >= req.max_new_tokens:
-                r.finish_reason = "length"
-            self._stream(r)
-
-    def _stream(self, r: _Row) -> None:
-        """Push the row's newly safe text: nothing that may still turn out to begin a stop string, start a loop, or
-        (near the token budget) be an unfinished last sentence."""
-        piece, r.window = detokenize_step(self.tokenizer, r.token_ids, r.window, final=r.finish_reason is not None)
-        text = r.text + piece
-        req = r.gen.request
-        free_text = req.constraint is None  # a constrained output is kept whole: cutting it would break it
-        for s in req.stop:
-            at = text.find(s)
-            if at != -1:
-                text = text[:at]
-                r.finish_reason = "stop"
-        if free_text and req.loop_guard and r.finish_reason is None and len(r.token_ids) >= req.min_new_tokens:
-            at = loop_start(text)
-            if at is not None:
-                text, r.finish_reason, r.looped = text[: max(at, r.emitted)], "stop", True
-        if r.finish_reason is None:
-            held = max((_overlap(text, s) for s in req.stop), default=0)
-            if free_text and req.loop_guard:
-                held = max(held, LOOP_HOLDBACK)
-            safe = text[: max(len(text) - held, 0)]
-            if free_text and req.end_at_sentence and req.max_new_tokens - len(r.token_ids) <= SENTENCE_ZONE:
-                safe = safe[: sentence_cut(safe, r.emitted, words=False)]
-            safe = safe.rstrip()  # trailing space may be the last thing before the end
-        else:
-            if free_text and req.end_at_sentence and (r.finish_reason == "length" or r.looped):
-                text = text[: sentence_cut(text, r.emitted)]
-            safe = text.rstrip()
-        safe_start = len(safe) - len(safe.lstrip()) if r.emitted == 0 else 0
-        if len(safe) > r.emitted:
-            r.gen.push(safe[max(r.emitted, safe_start):])
-            r.emitted = len(safe)
-        r.text = text
+                finish = "length"
+            piece, r.window = detokenize_step(self.tokenizer, r.token_ids, r.window, final=finish is not None)
+            r.gen.push(r.out.feed(piece, len(r.token_ids), finish))
 
     def _retire(self, r: _Row) -> bool:
         """True when the row leaves the batch: finished, failed, cancelled or past its deadline."""
@@ -442,7 +406,7 @@ class LocalEngine:
             r.gen.fail(r.error)
             return True
         if r.finish_reason is not None:
-            r.gen.finish(len(r.prompt_ids), len(r.token_ids), r.finish_reason, r.looped)
+            r.gen.finish(len(r.prompt_ids), len(r.token_ids), r.finish_reason, r.out.looped)
             return True
         if r.gen.cancelled:
             r.gen.fail(GenerationCancelled("client went away"))
@@ -492,14 +456,6 @@ def detokenize_step(tokenizer, ids: list[int], window: tuple[int, int], final: b
     if len(after) <= len(before) or (after.endswith("\ufffd") and not final):
         return "", window
     return after[len(before):], (end, len(ids))
-
-
-def _overlap(text: str, stop: str) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of ``stop``."""
-    for n in range(min(len(stop) - 1, len(text)), 0, -1):
-        if text.endswith(stop[:n]):
-            return n
-    return 0
 
 
 def _penalize(logits: torch.Tensor, token_ids: list[int], penalty: float) -> None:

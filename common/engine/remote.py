@@ -19,6 +19,7 @@ import openai
 from . import tools as tool_calls
 from .checking import satisfies
 from .dialects import DIALECTS, Dialect, Wire, detect
+from .output import OutputProcessor
 from .types import (
     ConstraintViolated,
     EngineError,
@@ -162,12 +163,15 @@ class RemoteEngine:
                 self.running_rows -= 1
 
     def _stream(self, gen: Generation, kwargs: dict) -> None:
+        """Stream the server's answer through the same output processing as the local engine's (stops, loop guard,
+        hold-back, sentence cut); when the processor ends the answer first, the stream is closed, which stops the
+        server generating."""
+        out = OutputProcessor(gen.request)
         stream = self._client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True},
                                                       timeout=gen.request.timeout_s)
         prompt_tokens = completion_tokens = 0
         usage_seen = False
-        finish_reason = "stop"
-        started = False
+        finish_reason = None
         with stream:
             for chunk in stream:
                 if gen.cancelled:
@@ -175,18 +179,19 @@ class RemoteEngine:
                     return
                 for choice in chunk.choices or []:
                     text = (choice.delta.content if choice.delta else None) or ""
-                    if not started:  # the answer is trimmed, as the local engine trims it
-                        text = text.lstrip()
-                        started = bool(text)
-                    gen.push(text)
                     completion_tokens += 1 if text else 0
                     finish_reason = choice.finish_reason or finish_reason
+                    gen.push(out.feed(text, completion_tokens, choice.finish_reason))
                 if chunk.usage is not None:
                     usage_seen = True
                     prompt_tokens, completion_tokens = chunk.usage.prompt_tokens, chunk.usage.completion_tokens
+                if out.finish_reason is not None and finish_reason is None:
+                    break  # a stop string or the loop guard ended it here; the server's remaining tokens are unwanted
+        if out.finish_reason is None:  # the stream ended without a finish reason: the text so far is the answer
+            gen.push(out.feed("", completion_tokens, "stop"))
         if not usage_seen:
             log.debug("remote server %s sent no usage; completion tokens counted from its chunks", self.base_url)
-        gen.finish(prompt_tokens, completion_tokens, finish_reason)
+        gen.finish(prompt_tokens, completion_tokens, out.finish_reason or "stop", out.looped)
 
     def _checked(self, gen: Generation, kwargs: dict, wire: Wire) -> None:
         """Ask, check the whole answer against the constraint, ask once more if it broke it, then answer or refuse."""

@@ -20,6 +20,7 @@ import yaml
 from common.engine.checking import satisfies
 from common.engine.loading import embedded_gguf_path
 from common.engine.types import Constraint
+from common.text import ends_a_sentence, is_degenerate
 from harness.services import ROOT, Service, expert, free_port, orchestrator_service
 
 pytestmark = pytest.mark.servers
@@ -113,6 +114,23 @@ def test_json_schema_response_format_and_usage(remote_experts):
     done = [json.loads(line[6:]) for line in streamed.iter_lines(decode_unicode=True)
             if line.startswith("data: ") and '"response"' in line]
     assert done and done[-1]["usage"]["prompt_tokens"] > 0 and done[-1]["response"]
+
+
+def test_chat_answers_on_llama_server_never_loop_and_end_at_a_sentence(remote_experts):
+    """The README's /chat promises, on a remote server as on the local engine (common/engine/output.py)."""
+    url = f"{remote_experts[0].url}/chat"
+    counting = requests.post(url, json={"intent": "Count from 1 to 400, separated by commas.", "max_new_tokens": 400,
+                                        "repetition_penalty": 1.0}, timeout=300).json()
+    assert not is_degenerate(counting["response"]), counting
+    assert counting["finish_reason"] == "stop" and len(counting["response"]) < 400, counting  # the guard ended it
+    cut = requests.post(url, json={"intent": "Explain in detail how a contract is formed.", "max_new_tokens": 40},
+                        timeout=300).json()
+    assert cut["finish_reason"] == "length" and ends_a_sentence(cut["response"]), cut
+    streamed = requests.post(url, json={"intent": "Explain in detail how a contract is formed.", "max_new_tokens": 40,
+                                        "stream": True}, timeout=300, stream=True)
+    deltas = [json.loads(line[6:]) for line in streamed.iter_lines(decode_unicode=True) if line.startswith("data: ")]
+    text = "".join(d.get("delta", "") for d in deltas)
+    assert text.strip() == deltas[-1]["response"] and ends_a_sentence(text)  # nothing streamed was cut afterwards
 
 
 def test_a_malformed_grammar_is_a_400(remote_experts):
