@@ -41,7 +41,7 @@ def ingest(argv: list[str]) -> None:
 
     from tqdm import tqdm
 
-    from agents.documents import SUFFIXES
+    from agents.documents import SUFFIXES, UnreadableDocument
     from agents.knowledge import Knowledge, open_store
     from common.embedding import choose_embedder
 
@@ -54,7 +54,7 @@ def ingest(argv: list[str]) -> None:
         for path in bar:
             try:
                 result = knowledge.ingest(str(path.resolve()), path.read_bytes(), force=args.force)
-            except (ValueError, OSError) as exc:  # UnreadableDocument is a ValueError: reported, skipped
+            except (UnreadableDocument, OSError) as exc:  # reported, skipped
                 failed.append(path)
                 bar.write(f"skipped {exc}")
                 continue

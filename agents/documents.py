@@ -14,6 +14,7 @@ from pathlib import Path
 
 from markdown_it import MarkdownIt
 
+from common.errors import BadRequest, TooLarge, UnsupportedMediaType
 from common.text import sentences
 
 CHUNK_CHARS = 700
@@ -22,8 +23,16 @@ SUFFIXES = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".text":
             ".htm": "html", ".pdf": "pdf"}
 
 
-class UnreadableDocument(ValueError):
-    """A file that cannot become knowledge (unsupported type, empty, too large, broken): reported by name."""
+class UnreadableDocument(BadRequest):
+    """A file that cannot become knowledge (empty, broken, not UTF-8): reported by name."""
+
+
+class UnsupportedDocumentType(UnreadableDocument, UnsupportedMediaType):
+    """A file of a type the knowledge base does not read."""
+
+
+class DocumentTooLarge(UnreadableDocument, TooLarge):
+    """A file over MAX_DOCUMENT_BYTES."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +51,7 @@ class Document:
 def kind_of(name: str) -> str:
     kind = SUFFIXES.get(Path(name).suffix.lower())
     if kind is None:
-        raise UnreadableDocument(f"{name}: unsupported file type (use {', '.join(sorted(SUFFIXES))})")
+        raise UnsupportedDocumentType(f"{name}: unsupported file type (use {', '.join(sorted(SUFFIXES))})")
     return kind
 
 
@@ -50,7 +59,7 @@ def read(name: str, data: bytes) -> Document:
     """A document from a file's bytes; UnreadableDocument says what is wrong with it."""
     kind = kind_of(name)
     if len(data) > MAX_DOCUMENT_BYTES:
-        raise UnreadableDocument(f"{name}: {len(data)} bytes is over the {MAX_DOCUMENT_BYTES} byte limit")
+        raise DocumentTooLarge(f"{name}: {len(data)} bytes is over the {MAX_DOCUMENT_BYTES} byte limit")
     if kind == "pdf":
         sections = _pdf(name, data)
     else:

@@ -14,10 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from common.engine import types as engine_errors
 from common.engine.tools import tool_constraint
 from common.engine.types import Constraint, GenerationRequest
-from common.errors import BadRequest, Busy, NotFound, StorageFull, Unavailable
+from common.errors import ConclaveError
 
 MAX_STOP_STRINGS = 8
 MAX_STOP_CHARS = 64
@@ -49,21 +48,11 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-# The wire type of each domain error (OpenAI's names where it has one); the most specific class listed first wins.
-ERROR_TYPES: dict[type, str] = {
-    BadRequest: "invalid_request_error", NotFound: "not_found", Unavailable: "service_unavailable",
-    Busy: "rate_limit_exceeded", StorageFull: "storage_full",
-    engine_errors.EngineNotReady: "service_unavailable", engine_errors.EngineOverloaded: "rate_limit_exceeded",
-    engine_errors.GenerationTimeout: "timeout", engine_errors.InvalidConstraint: "invalid_request_error",
-    engine_errors.RequestRejected: "invalid_request_error", engine_errors.GenerationCancelled: "cancelled",
-    engine_errors.ConstraintViolated: "upstream_error", engine_errors.UpstreamError: "upstream_error",
-}
-
-
 def error_detail(exc: Exception) -> ErrorDetail:
     """An error as the ``error`` object of every error body and error event (any other exception: server_error)."""
-    type_ = next((name for kind, name in ERROR_TYPES.items() if isinstance(exc, kind)), "server_error")
-    return ErrorDetail(message=str(exc), type=type_, code=getattr(exc, "code", None))
+    if isinstance(exc, ConclaveError):
+        return ErrorDetail(message=str(exc), type=exc.type, code=exc.code)
+    return ErrorDetail(message=str(exc), type="server_error", code=getattr(exc, "code", None))
 
 
 def error_event(exc: Exception) -> dict:
@@ -632,3 +621,11 @@ class ExpertStatus(BaseModel):
     healthy: bool
     ready: bool
     detail: str = ""
+
+
+class ExpertList(BaseModel):
+    experts: list[ExpertStatus]
+
+
+class RunList(BaseModel):
+    runs: list[RunRecord]

@@ -14,34 +14,32 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
+from common.errors import ConclaveError
+
 ConstraintKind = Literal["grammar", "regex", "choice", "json", "structural_tag"]
 CONSTRAINT_KINDS: frozenset[str] = frozenset(get_args(ConstraintKind))
 
 
-class EngineError(Exception):
-    """A generation failed; ``code`` maps onto an HTTP status in the web layer."""
+class EngineError(ConclaveError):
+    """A generation failed; like every ConclaveError it carries its HTTP status and wire type."""
 
     code = "engine_error"
 
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
-
 
 class EngineNotReady(EngineError):
-    code = "not_ready"
+    status, type, code = 503, "service_unavailable", "not_ready"
 
 
 class EngineOverloaded(EngineError):
-    code = "overloaded"
+    status, type, code = 429, "rate_limit_exceeded", "overloaded"
 
 
 class GenerationTimeout(EngineError):
-    code = "timeout"
+    status, type, code = 504, "timeout", "timeout"
 
 
 class InvalidConstraint(EngineError):
-    code = "invalid_constraint"
+    status, type, code = 400, "invalid_request_error", "invalid_constraint"
 
 
 class UnsupportedConstraint(InvalidConstraint):
@@ -53,23 +51,23 @@ class UnsupportedConstraint(InvalidConstraint):
 class ConstraintViolated(EngineError):
     """A remote server's answer broke the request's constraint, twice: never passed on as an answer."""
 
-    code = "constraint_violated"
+    status, type, code = 502, "upstream_error", "constraint_violated"
 
 
 class UpstreamError(EngineError):
     """A remote server failed or answered something unreadable."""
 
-    code = "upstream_error"
+    status, type, code = 502, "upstream_error", "upstream_error"
 
 
 class RequestRejected(EngineError):
     """A remote server refused the request as malformed (its 400)."""
 
-    code = "rejected_by_server"
+    status, type, code = 400, "invalid_request_error", "rejected_by_server"
 
 
 class GenerationCancelled(EngineError):
-    code = "cancelled"
+    status, type, code = 499, "cancelled", "cancelled"
 
 
 @dataclass(frozen=True)
