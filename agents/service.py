@@ -12,11 +12,11 @@ from itertools import chain
 from agents.knowledge import Knowledge, Passage
 from agents.personas import Persona
 from agents.sessions import SessionStore
-from common import language
+from common import __version__, language
 from common.a2a import Progress, agent_card
 from common.engine import tools
 from common.engine.types import Engine, EngineError, Generation, GenerationResult
-from common.errors import StorageFull
+from common.errors import NotFound, StorageFull, Unavailable
 from common.metrics import Metrics
 from common.protocol import (
     AnswerLanguage,
@@ -31,6 +31,9 @@ from common.protocol import (
     CompletionChoice,
     DeltaMessage,
     FunctionCall,
+    IngestResult,
+    KnowledgeDocument,
+    KnowledgeList,
     ModelCard,
     ModelList,
     SessionHistory,
@@ -44,9 +47,6 @@ from common.settings import AgentSettings
 
 log = logging.getLogger(__name__)
 
-VERSION = "1.0.0"
-
-
 @dataclass
 class ExpertService:
     settings: AgentSettings
@@ -59,6 +59,20 @@ class ExpertService:
     @property
     def model_name(self) -> str:
         return self.engine.model_name
+
+    # ---- readiness --------------------------------------------------------------------------------------------
+    def require_ready(self) -> None:
+        """Raise Unavailable (503) until the model and the knowledge base have loaded."""
+        if not self.engine.ready:
+            raise Unavailable(self.engine.status, "not_ready", retry_after=5)
+        if self.knowledge is not None and not self.knowledge.ready.is_set():
+            raise Unavailable("the knowledge base is loading", "not_ready", retry_after=2)
+        if self.knowledge is not None and self.knowledge.error:
+            raise Unavailable(f"the knowledge base failed to load: {self.knowledge.error}", "not_ready")
+
+    def readiness(self) -> dict:
+        self.require_ready()
+        return {"status": "ready", "persona": self.persona.id, "model": self.model_name, **self.engine.runtime}
 
     # ---- /chat ------------------------------------------------------------------------------------------------
     def _start_chat(self, req: ChatRequest) -> tuple[Generation, list[Passage], AnswerLanguage]:
@@ -166,6 +180,24 @@ class ExpertService:
     def clear(self, session_id: str) -> int:
         return self.sessions.clear(self.persona.id, session_id)
 
+    # ---- knowledge ------------------------------------------------------------------------------------------------
+    def ingest(self, name: str, data: bytes) -> IngestResult:
+        """Add a document (UnreadableDocument, a 400/413/415, when it cannot be read: nothing is stored)."""
+        return IngestResult(**vars(self._knowledge().ingest(name, data)))
+
+    def documents(self) -> KnowledgeList:
+        store = self._knowledge().store
+        return KnowledgeList(documents=[KnowledgeDocument(**vars(d)) for d in store.documents()], chunks=store.count())
+
+    def forget(self, document_id: str) -> None:
+        if not self._knowledge().store.delete(document_id):
+            raise NotFound(f"no document {document_id!r} in the knowledge base")
+
+    def _knowledge(self) -> Knowledge:
+        if self.knowledge is None:
+            raise Unavailable("this expert has no knowledge base", "no_knowledge")
+        return self.knowledge
+
     # ---- OpenAI-compatible ------------------------------------------------------------------------------------
     def models(self) -> ModelList:
         return ModelList(data=[ModelCard(id=self.model_name), ModelCard(id=self.persona.id)])
@@ -226,7 +258,7 @@ class ExpertService:
     def card_proto(self, base_url: str):
         """The A2A agent card: the JSON-RPC interface at /a2a, and our own endpoints in the Conclave extension."""
         return agent_card(
-            self.persona.name, self.persona.description, self.settings.public_url or base_url, VERSION,
+            self.persona.name, self.persona.description, self.settings.public_url or base_url, __version__,
             self.persona.skills, bool(self.settings.api_key),
             {"persona": self.persona.id, "chat": "/chat", "openai": "/v1", "model": self.model_name})
 

@@ -47,7 +47,8 @@ from starlette.responses import JSONResponse
 
 from common.asgi import mount as asgi_mount
 from common.protocol import A2A_VERSION_HEADER, CONCLAVE_EXTENSION
-from common.web import cacheable
+from common.protocol import AgentCard as CardSchema
+from common.web import Api, cacheable
 
 PROTOCOL_VERSION = "1.0"
 RPC_PATH = "/a2a"
@@ -183,7 +184,7 @@ class JsonOnly(BaseHTTPMiddleware):
         return await call_next(request)
 
 
-def serve_card(flask_app, card_for: Callable[[str], AgentCard]) -> None:
+def serve_card(api: Api, card_for: Callable[[str], AgentCard]) -> None:
     """The service's card at both well-known paths, built by ``card_for(base url)`` for the version the client asks
     for (``A2A-Version`` header or parameter), cacheable; Last-Modified is the start, as the card comes of settings."""
     started = datetime.now(UTC).replace(microsecond=0)
@@ -192,8 +193,8 @@ def serve_card(flask_app, card_for: Callable[[str], AgentCard]) -> None:
         version = flask.request.headers.get(A2A_VERSION_HEADER) or flask.request.args.get(A2A_VERSION_HEADER)
         return cacheable(card_json(card_for(flask.request.host_url), version), started, A2A_VERSION_HEADER)
 
-    for path in CARD_PATHS:
-        flask_app.add_url_rule(path, "agent_card", agent_card)
+    for path, summary in zip(CARD_PATHS, ("A2A agent card", "A2A agent card (older path)"), strict=True):
+        api.op("get", path, summary, response_model=CardSchema)(agent_card)
 
 
 def mount(flask_app, turn: Turn, card: AgentCard, db_path: Path, api_key: str | None) -> None:

@@ -1,6 +1,7 @@
-"""App-factory helpers both services share: one error shape, auth, body limit, JSON parsing, SSE, metrics, request ids.
-
-No route lives here; ``install(app, settings, name)`` wires the cross-cutting behaviour into a Flask app.
+"""What both services' web layers share: one error shape, auth, body limit, JSON parsing, SSE, metrics, request ids,
+routes declared with their OpenAPI entry (:class:`Api`), and the operations blueprint (health, readiness, metrics,
+OpenAPI, the web page). ``install(app, settings, name)`` wires the cross-cutting behaviour into a Flask app; each
+service's own routes are its domain blueprint.
 """
 
 from __future__ import annotations
@@ -17,25 +18,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-from flask import Flask, Response, g, jsonify, request, send_from_directory
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_from_directory
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
-from common.engine.types import (
-    ConstraintViolated,
-    EngineError,
-    EngineNotReady,
-    EngineOverloaded,
-    GenerationCancelled,
-    GenerationTimeout,
-    InvalidConstraint,
-    RequestRejected,
-    UpstreamError,
-)
-from common.errors import BadRequest, Busy, NotFound, ServiceError, StorageFull, Unavailable
+from common import __version__
+from common.errors import BadRequest, ConclaveError, UnsupportedMediaType
 from common.metrics import Metrics
-from common.protocol import ID_PATTERN, ErrorDetail, ErrorResponse, error_detail
+from common.openapi import Route, build_openapi
+from common.protocol import ID_PATTERN, ErrorDetail, ErrorResponse
 from common.settings import WebSettings
 
 log = logging.getLogger(__name__)
@@ -55,37 +47,11 @@ SECURITY_HEADERS = {
 OPEN_PATHS = {"/health", "/"}
 
 
-class ApiError(Exception):
-    """Raised anywhere below a route; becomes ``{"error": {...}}`` with ``status``."""
-
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
-                 retry_after: float | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.code, self.retry_after = status, message, type_, code, retry_after
-
-
-# The one mapping of domain errors (the services' and the engine's) onto HTTP statuses; the most specific class
-# listed first wins. Their wire types come from common.protocol.error_detail.
-HTTP_STATUS: dict[type, int] = {
-    BadRequest: 400, NotFound: 404, Unavailable: 503, Busy: 429, StorageFull: 507,
-    EngineNotReady: 503, EngineOverloaded: 429, GenerationTimeout: 504, InvalidConstraint: 400,
-    RequestRejected: 400, GenerationCancelled: 499, ConstraintViolated: 502, UpstreamError: 502,
-}
-
-
-def status_of(exc: Exception) -> int:
-    return next((status for kind, status in HTTP_STATUS.items() if isinstance(exc, kind)), 500)
-
-
-def domain_error_response(exc: ServiceError | EngineError) -> Response:
-    detail = error_detail(exc)
-    return error_response(status_of(exc), detail.message, detail.type, detail.code, exc.retry_after)
-
-
 def error_response(status: int, message: str, type_: str, code: str | int | None = None,
-                   retry_after: float | None = None) -> Response:
-    body = ErrorResponse(error=ErrorDetail(message=message, type=type_, code=code))
-    resp = Response(body.model_dump_json(), status=status, mimetype="application/json")
+                   retry_after: float | None = None, extra: dict | None = None) -> Response:
+    body = ErrorResponse(error=ErrorDetail(message=message, type=type_, code=code)).model_dump()
+    resp = Response(json.dumps({**body, **(extra or {})}, ensure_ascii=False), status=status,
+                    mimetype="application/json")
     if retry_after is not None:
         resp.headers["Retry-After"] = str(max(1, int(round(retry_after))))
     return resp
@@ -98,7 +64,7 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 def check_id(value: str, what: str) -> str:
     """Path ids follow the same rule as the bodies that create them; anything else is a 400, not a silent miss."""
     if not ID.fullmatch(value):  # not match: '$' also matches before a trailing newline
-        raise ApiError(400, f"{what} must be 1-128 characters of letters, digits, '_', '.', ':' or '-'")
+        raise BadRequest(f"{what} must be 1-128 characters of letters, digits, '_', '.', ':' or '-'")
     return value
 
 
@@ -111,27 +77,26 @@ FORM_TYPES = ("text/plain", "multipart/form-data")
 def parse_body(model: type[M]) -> M:
     """Validate the JSON body against ``model``; any problem is a 400 that says what is wrong."""
     if request.mimetype in FORM_TYPES:
-        raise ApiError(415, f"send the body as JSON (Content-Type: application/json), not {request.mimetype}",
-                       code="unsupported_media_type")
+        raise UnsupportedMediaType(f"send the body as JSON (Content-Type: application/json), not {request.mimetype}")
     raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
     try:
         data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise ApiError(400, "request body is not valid UTF-8") from None
+        raise BadRequest("request body is not valid UTF-8") from None
     except RecursionError:
-        raise ApiError(400, "request body is nested too deeply") from None
+        raise BadRequest("request body is nested too deeply") from None
     except ValueError as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise ApiError(400, "request body must be a JSON object")
+        raise BadRequest("request body must be a JSON object")
     if SURROGATE.search(raw.decode("utf-8")) and _has_lone_surrogate(data):
-        raise ApiError(400, "request body holds an unpaired UTF-16 surrogate (\\ud800-\\udfff), which is no text")
+        raise BadRequest("request body holds an unpaired UTF-16 surrogate (\\ud800-\\udfff), which is no text")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ApiError(400, "; ".join(_describe(e) for e in exc.errors()), code="validation_error") from None
+        raise BadRequest("; ".join(_describe(e) for e in exc.errors()), "validation_error") from None
     except RecursionError:
-        raise ApiError(400, "request body is nested too deeply") from None
+        raise BadRequest("request body is nested too deeply") from None
 
 
 SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -186,14 +151,11 @@ def cacheable(body: dict, modified: datetime, vary: str, max_age: int = 300) -> 
     return resp.make_conditional(request)
 
 
-def metrics_response(metrics: Metrics) -> Response:
-    body, content_type = metrics.exposition()
-    return Response(body, content_type=content_type)
-
-
-def install(app: Flask, settings: WebSettings, service: str) -> Metrics:
-    """Register error handlers, auth, the body limit, request ids and metrics on ``app``."""
+def install(app: Flask, settings: WebSettings, service: str, title: str) -> Metrics:
+    """Register error handlers, auth, the body limit, request ids and metrics on ``app`` (``title`` heads its
+    OpenAPI document)."""
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["TITLE"], app.config["API_KEY_REQUIRED"] = title, bool(settings.api_key)
     app.config["TRUSTED_HOSTS"] = settings.trusted_hosts()  # Flask answers 400 to any other Host header
     metrics = Metrics(service)
     app.extensions["metrics"] = metrics
@@ -222,14 +184,9 @@ def install(app: Flask, settings: WebSettings, service: str) -> Metrics:
         resp.headers.update(SECURITY_HEADERS)
         return resp
 
-    @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError) -> Response:
-        return error_response(exc.status, exc.message, exc.type, exc.code, exc.retry_after)
-
-    @app.errorhandler(ServiceError)
-    @app.errorhandler(EngineError)
-    def _domain_error(exc: ServiceError | EngineError) -> Response:
-        return domain_error_response(exc)
+    @app.errorhandler(ConclaveError)
+    def _domain_error(exc: ConclaveError) -> Response:  # a service's or an engine's: it carries its status and type
+        return error_response(exc.status, exc.message, exc.type, exc.code, exc.retry_after, exc.extra)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
@@ -259,6 +216,73 @@ def static_file(name: str, own: Path) -> Response:
     """A UI asset from the service's own static folder, else from the shared one (conclave.js, conclave.css)."""
     folder = own if (own / name).is_file() else COMMON_STATIC
     return send_from_directory(folder, name)
+
+
+class Api(Blueprint):
+    """A blueprint whose every route is declared once, with its OpenAPI entry: ``@api.op("post", "/chat", ...)``."""
+
+    def __init__(self, name: str, import_name: str):
+        super().__init__(name, import_name)
+        self.documented: list[Route] = []
+
+    def op(self, method: str, path: str, summary: str, request_model: type[BaseModel] | None = None,
+           response_model: type[BaseModel] | None = None, stream: bool = False,
+           content_type: str = "application/json") -> Callable:
+        """Route ``path`` (OpenAPI's ``{name}`` parameters) to the view, and document it."""
+
+        def declare(view: Callable) -> Callable:
+            self.documented.append(Route(method, path, summary, request_model, response_model, stream,
+                                         content_type))
+            self.add_url_rule(path.replace("{", "<").replace("}", ">"), view_func=view, methods=[method.upper()])
+            return view
+
+        return declare
+
+
+def openapi_document(app: Flask) -> dict:
+    """The OpenAPI document of every route the app's :class:`Api` blueprints declare, built once per app."""
+    if "openapi" not in app.extensions:
+        routes = [r for bp in app.blueprints.values() if isinstance(bp, Api) for r in bp.documented]
+        app.extensions["openapi"] = build_openapi(app.config["TITLE"], __version__, routes,
+                                                  app.config["API_KEY_REQUIRED"])
+    return app.extensions["openapi"]
+
+
+def operations(static: Path, page: str, readiness: Callable[[], dict], *, ready_summary: str, page_summary: str,
+               health: Callable[[], dict] = lambda: {"status": "ok"},
+               gauges: Callable[[], None] = lambda: None) -> Api:
+    """The routes every service has, around its own: liveness, readiness (``readiness`` answers the body, or raises
+    a ConclaveError saying what is missing), Prometheus metrics (``gauges`` sets the live ones first), this OpenAPI
+    document, and the web page ``page`` with its assets from ``static``."""
+    ops = Api("operations", __name__)
+
+    @ops.op("get", "/health", "Liveness")
+    def live() -> dict:
+        return health()
+
+    @ops.op("get", "/ready", ready_summary)
+    def ready() -> dict:
+        return readiness()
+
+    @ops.op("get", "/metrics", "Prometheus metrics", content_type="text/plain")
+    def metrics() -> Response:
+        gauges()
+        body, content_type = current_app.extensions["metrics"].exposition()
+        return Response(body, content_type=content_type)
+
+    @ops.op("get", "/openapi.json", "This document")
+    def openapi() -> dict:
+        return openapi_document(current_app)
+
+    @ops.op("get", "/", page_summary, content_type="text/html")
+    def index() -> Response:
+        return send_from_directory(static, page)
+
+    @ops.get("/static/<path:name>")
+    def static_asset(name: str) -> Response:
+        return static_file(name, static)
+
+    return ops
 
 
 PROBE_PATHS = {"/health", "/ready", "/metrics"}

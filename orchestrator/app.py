@@ -1,22 +1,22 @@
-"""The orchestrator's HTTP face: thin routes over :class:`Orchestrator`."""
+"""The orchestrator's HTTP face: its domain blueprint (thin routes over :class:`Orchestrator`), the shared operations
+blueprint, A2A and MCP, put together by ``create_app``."""
 
 from __future__ import annotations
 
 import functools
-import json
 import threading
 from pathlib import Path
 
-from flask import Flask, request, send_from_directory
+from flask import Flask, current_app, request
 
-from common import a2a, asgi
+from common import __version__, a2a, asgi
 from common.client import ExpertClient
 from common.embedding import choose_embedder
 from common.engine import start_engine
-from common.openapi import Route, build_openapi
-from common.protocol import IntegrateRequest, IntegrateResponse, RunRecord
+from common.errors import BadRequest, NotFound
+from common.protocol import ExpertList, IntegrateRequest, IntegrateResponse, RunList, RunRecord
 from common.settings import OrchestratorSettings
-from common.web import ApiError, check_id, error_response, install, metrics_response, parse_body, sse, static_file
+from common.web import Api, check_id, install, operations, parse_body, sse
 from orchestrator import mcp
 from orchestrator.experts import ExpertRegistry
 from orchestrator.routing import Router
@@ -24,21 +24,43 @@ from orchestrator.runs import RunStore
 from orchestrator.service import PANEL_SKILL, Orchestrator
 
 STATIC = Path(__file__).with_name("static")
-VERSION = "1.0.0"
-ROUTES = [
-    Route("post", "/integrate", "Run a task through the panel; stream=true answers with server-sent events",
-          IntegrateRequest, IntegrateResponse, stream=True),
-    Route("get", "/experts", "The experts, from their agent cards, with their health"),
-    Route("get", "/runs", "Stored runs, newest first"),
-    Route("get", "/runs/{run_id}", "One stored run", response=RunRecord),
-    Route("get", "/.well-known/agent-card.json", "A2A agent card (the panel as one agent)"),
-    Route("get", "/.well-known/agent.json", "A2A agent card (older path)"),
-    Route("get", "/health", "Liveness"),
-    Route("get", "/ready", "Readiness: the LLM is loaded and at least one expert answers"),
-    Route("get", "/metrics", "Prometheus metrics", content_type="text/plain"),
-    Route("get", "/openapi.json", "This document"),
-    Route("get", "/", "The panel's web page", content_type="text/html"),
-]
+api = Api("panel", __name__)
+
+
+def orchestrator() -> Orchestrator:
+    return current_app.extensions["orchestrator"]
+
+
+@api.op("post", "/integrate", "Run a task through the panel; stream=true answers with server-sent events",
+        IntegrateRequest, IntegrateResponse, stream=True)
+def integrate():
+    req = parse_body(IntegrateRequest)
+    if req.stream:
+        # a client that goes away cancels the run: no further expert is asked and nothing is composed
+        cancelled = threading.Event()
+        return sse(orchestrator().integrate_events(req, cancelled), on_close=cancelled.set)
+    return orchestrator().integrate(req).model_dump()
+
+
+@api.op("get", "/experts", "The experts, from their agent cards, with their health", response_model=ExpertList)
+def experts_list():
+    return ExpertList(experts=orchestrator().registry.statuses()).model_dump()
+
+
+@api.op("get", "/runs", "Stored runs, newest first", response_model=RunList)
+def runs_list():
+    limit = request.args.get("limit", "50")
+    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 500:  # "²" is a digit to isdigit
+        raise BadRequest("limit must be a whole number from 1 to 500")
+    return RunList(runs=orchestrator().runs.list(int(limit))).model_dump()
+
+
+@api.op("get", "/runs/{run_id}", "One stored run", response_model=RunRecord)
+def run_get(run_id: str):
+    record = orchestrator().runs.get(check_id(run_id, "run id"))
+    if record is None:
+        raise NotFound(f"no run {run_id}")
+    return record.model_dump()
 
 
 def create_app(settings: OrchestratorSettings | None = None, llm=None, experts: ExpertRegistry | None = None,
@@ -52,7 +74,7 @@ def create_app(settings: OrchestratorSettings | None = None, llm=None, experts: 
             url, settings.api_key, settings.connect_timeout_s, settings.read_timeout_s, settings.retries),
             settings.expert_transport, settings.expert_poll_s)
     app = Flask(__name__, static_folder=None)
-    metrics = install(app, settings, "orchestrator")
+    metrics = install(app, settings, "orchestrator", "Conclave orchestrator")
     embedder = functools.cache(choose_embedder)  # one model when the router and the judge name the same one
     router_factory = router_factory or (lambda: Router(embedder(settings.router_embedder)))
     judge_factory = judge_factory or (lambda: embedder(settings.judge_embedder))
@@ -64,74 +86,16 @@ def create_app(settings: OrchestratorSettings | None = None, llm=None, experts: 
 
     def card(base_url: str):
         return a2a.agent_card("Conclave panel", "A panel of expert agents that answers as one.",
-                              settings.public_url or base_url, VERSION, [PANEL_SKILL], bool(settings.api_key))
+                              settings.public_url or base_url, __version__, [PANEL_SKILL], bool(settings.api_key))
 
+    ops = operations(STATIC, "index.html", service.readiness,
+                     ready_summary="Readiness: the LLM is loaded and at least one expert answers",
+                     page_summary="The panel's web page",
+                     gauges=lambda: metrics.waiting.labels("orchestrator").set(getattr(engine, "waiting", 0)))
+    a2a.serve_card(ops, card)
+    app.register_blueprint(ops)
+    app.register_blueprint(api)
     a2a.mount(app, service.a2a_turn, card(settings.public_url or f"http://{settings.host}"),
               settings.data_dir / "a2a-orchestrator.sqlite3", settings.api_key)
-
-    asgi.mount(app, mcp.MCP_PATH, mcp.build(service, experts, settings, VERSION), lifespan=True)
-
-    a2a.serve_card(app, card)
-
-    @app.get("/health")
-    def health():
-        return {"status": "ok"}
-
-    @app.get("/ready")
-    def ready():
-        ok, detail = service.readiness()
-        if ok:
-            return {"status": "ready", **detail, **engine.runtime}
-        resp = error_response(503, f"not ready: llm {detail['llm']}; experts missing: "
-                              f"{', '.join(detail['experts_missing']) or 'none'}", "service_unavailable", "not_ready",
-                              retry_after=5)
-        resp.set_data(json.dumps({**resp.get_json(), **detail}))  # the error shape, plus which parts are missing
-        return resp
-
-    @app.post("/integrate")
-    def integrate():
-        req = parse_body(IntegrateRequest)
-        if req.stream:
-            # a client that goes away cancels the run: no further expert is asked and nothing is composed
-            cancelled = threading.Event()
-            return sse(service.integrate_events(req, cancelled), on_close=cancelled.set)
-        return service.integrate(req).model_dump()
-
-    @app.get("/experts")
-    def experts_list():
-        return {"experts": [s.model_dump() for s in experts.statuses()]}
-
-    @app.get("/runs")
-    def runs_list():
-        limit = request.args.get("limit", "50")
-        if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 500:  # "²" is a digit to isdigit
-            raise ApiError(400, "limit must be a whole number from 1 to 500")
-        return {"runs": [r.model_dump() for r in service.runs.list(int(limit))]}
-
-    @app.get("/runs/<run_id>")
-    def run_get(run_id: str):
-        record = service.runs.get(check_id(run_id, "run id"))
-        if record is None:
-            raise ApiError(404, f"no run {run_id}", "not_found")
-        return record.model_dump()
-
-    @app.get("/metrics")
-    def metrics_text():
-        metrics.waiting.labels("orchestrator").set(getattr(engine, "waiting", 0))
-        return metrics_response(metrics)
-
-    openapi = build_openapi("Conclave orchestrator", VERSION, ROUTES, bool(settings.api_key))
-
-    @app.get("/openapi.json")
-    def openapi_json():
-        return openapi
-
-    @app.get("/")
-    def index():
-        return send_from_directory(STATIC, "index.html")
-
-    @app.get("/static/<path:name>")
-    def static(name: str):
-        return static_file(name, STATIC)
-
+    asgi.mount(app, mcp.MCP_PATH, mcp.build(service, experts, settings, __version__), lifespan=True)
     return app

@@ -65,7 +65,9 @@ class Orchestrator:
             log.exception("router failed to load")
             self.router_error = f"{type(exc).__name__}: {exc}"
 
-    def readiness(self) -> tuple[bool, dict]:
+    def readiness(self) -> dict:
+        """The readiness body, or Unavailable (503) naming what is missing: the LLM (or the router), or every
+        expert."""
         statuses = self.registry.statuses()
         missing = [s.url for s in statuses if not s.ready]
         brain_ready = self.engine.ready and self.router is not None
@@ -74,7 +76,10 @@ class Orchestrator:
             "experts_ready": [s.name for s in statuses if s.ready],
             "experts_missing": missing,
         }
-        return brain_ready and len(missing) < len(statuses), detail
+        if not brain_ready or len(missing) == len(statuses):
+            raise Unavailable(f"not ready: llm {detail['llm']}; experts missing: {', '.join(missing) or 'none'}",
+                              "not_ready", retry_after=5, extra=detail)
+        return {"status": "ready", **detail, **self.engine.runtime}
 
     def shutdown(self) -> None:
         """The service is stopping (SIGTERM): take no new run, and end every streamed one now with an error event
