@@ -53,7 +53,7 @@ e2e-conformance: install-dev ## MCP conformance suite, MCP inspector CLI, @a2a-j
 	$(PY) -m pytest -m conformance -o addopts="" -s tests/conformance $(PYTEST_ARGS)
 
 compose-config: install-dev
-	$(PY) -m pytest tests/unit/test_compose.py $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit/test_compose_yaml.py $(PYTEST_ARGS)
 
 compose-e2e: install-dev ## builds the image and runs the stack (needs a Docker engine)
 	bash tests/e2e/compose_e2e.sh

@@ -25,7 +25,8 @@ from starlette.middleware import Middleware
 
 from common.a2a import Bearer
 from common.client import ExpertError
-from common.protocol import IntegrateRequest
+from common.protocol import IntegrateRequest, IntegrateResponse
+from orchestrator.events import Answered, Asking, Failed, Finished
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +34,13 @@ MCP_PATH = "/mcp"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
-def answer_text(result: dict) -> str:
+def answer_text(result: IntegrateResponse) -> str:
     """A run's answer as an MCP client shows it: the answer, its sources, and who was asked."""
-    lines = [result["response"]]
-    if result.get("sources"):
+    lines = [result.response]
+    if result.sources:
         lines.append("\nSources:")
-        lines += [f"[{s['number']}] {s['title']} (via {s['expert']})" for s in result["sources"]]
-    lines.append(f"\nExperts consulted: {', '.join(result['experts']) or 'none'} (run {result['run_id']})")
+        lines += [f"[{s.number}] {s.title} (via {s.expert})" for s in result.sources]
+    lines.append(f"\nExperts consulted: {', '.join(result.experts) or 'none'} (run {result.run_id})")
     return "\n".join(lines)
 
 
@@ -75,26 +76,26 @@ def build(service, registry, settings, version: str):
 
         def run() -> None:
             try:
-                for item in service.integrate_events(req):
-                    loop.call_soon_threadsafe(events.put_nowait, item)
+                for event in service.events(req):
+                    loop.call_soon_threadsafe(events.put_nowait, event)
             except Exception as exc:  # a bad expert name, no experts: the tool's error
-                loop.call_soon_threadsafe(events.put_nowait, ("error", {"error": {"message": str(exc)}}))
+                loop.call_soon_threadsafe(events.put_nowait, Failed(exc))
 
         threading.Thread(target=run, name="mcp-consult", daemon=True).start()
         reported = 0  # the spec: the progress value MUST increase with each notification
         while True:
-            event, data = await events.get()
-            if event == "action":
+            event = await events.get()
+            if isinstance(event, Asking):
                 reported += 1
-                await ctx.report_progress(reported, None, f"asking {data['expert']}")
-            elif event == "observation":
+                await ctx.report_progress(reported, None, f"asking {event.expert}")
+            elif isinstance(event, Answered):
                 reported += 1
-                await ctx.report_progress(reported, None, f"{data['expert']} answered" if data["ok"]
-                                          else data["observation"])
-            elif event == "final":
-                return answer_text(data)
-            elif event == "error":
-                raise ToolError(data["error"]["message"])
+                await ctx.report_progress(reported, None, f"{event.step.expert} answered" if event.step.ok
+                                          else event.step.observation)
+            elif isinstance(event, Finished):
+                return answer_text(event.response)
+            elif isinstance(event, Failed):
+                raise ToolError(str(event.error))
 
     server.add_tool(consult_panel, name="consult_panel")
 

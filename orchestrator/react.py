@@ -4,7 +4,7 @@ The grammar admits only ``<thought>\\nAction: <known tool>\\nAction Input: <one 
 ``<thought>\\nFinal Answer: <text>``, so the output parser below cannot fail on what the model writes, and the
 "Invalid Format: Missing 'Action:'" loop of local models cannot happen. Which tools a step may name, and whether it may
 finish yet, follows the routing policy: with ``ranking``, a clear semantic ranking decides who is consulted (the best
-expert and close runners-up). The loop only decides whom to ask: the answer is written by ``orchestrator.compose``.
+expert and close runners-up). The loop only decides whom to ask: the answer is written by ``orchestrator.composer``.
 """
 
 from __future__ import annotations

@@ -12,36 +12,17 @@ from collections.abc import Callable, Iterator
 from common.a2a import Progress
 from common.embedding import SentenceEmbedder
 from common.errors import BadRequest, Busy, StorageFull, Unavailable
-from common.protocol import AgentSkill, AnswerLanguage, IntegrateRequest, IntegrateResponse, RunRecord, error_event
+from common.protocol import AgentSkill, AnswerLanguage, IntegrateRequest, IntegrateResponse, RunRecord
 from common.settings import OrchestratorSettings
-from orchestrator.compose import Composer, cite
+from orchestrator.composer import Composer, cite
+from orchestrator.events import Answered, Asking, Emit, Failed, Finished, RunEvent, Started
 from orchestrator.experts import ExpertRegistry
-from orchestrator.panel import run_panel
-from orchestrator.react import run_react
 from orchestrator.routing import Router
 from orchestrator.runs import RunStore
-from orchestrator.trace import Emit, RunTrace
+from orchestrator.strategies import strategies
+from orchestrator.trace import RunTrace
 
 log = logging.getLogger(__name__)
-
-
-def _react(self: Orchestrator, req: IntegrateRequest, experts, ranking, trace: RunTrace) -> bool:
-    s = self.settings
-    # a request may ask for fewer steps than the operator allows, never more
-    max_steps = min(req.max_steps or s.max_steps, s.max_steps)
-    return run_react(self.engine, req.task, experts, ranking, trace, max_steps=max_steps,
-                     routing=s.routing, ratio=s.routing_ratio,
-                     expert_max_new_tokens=s.expert_max_new_tokens)
-
-
-def _panel(self: Orchestrator, req: IntegrateRequest, experts, ranking, trace: RunTrace) -> bool:
-    return run_panel(req.task, experts, ranking, trace, top_k=self.settings.panel_top_k,
-                     expert_max_new_tokens=self.settings.expert_max_new_tokens)
-
-
-# A strategy gathers the experts' answers into the trace and says whether it hit a limit; the composer then writes
-# the final answer from them, the same way for every strategy.
-STRATEGIES: dict[str, Callable[..., bool]] = {"react": _react, "panel": _panel}
 
 
 class Orchestrator:
@@ -49,7 +30,8 @@ class Orchestrator:
                  router_factory: Callable[[], Router], runs: RunStore, judge_factory: Callable[[], SentenceEmbedder]):
         self.settings, self.engine, self.registry, self.runs = settings, engine, registry, runs
         self.router: Router | None = None  # set once the router and the composer's judge have both loaded
-        self.judge: SentenceEmbedder | None = None  # the composer's embedder
+        self.composer: Composer | None = None  # set when its judge (an embedder) has loaded
+        self.strategies = strategies(engine, settings)
         self.router_error: str | None = None
         self._run_slots = threading.BoundedSemaphore(settings.max_runs)
         self.closing = False
@@ -59,7 +41,7 @@ class Orchestrator:
 
     def _load_router(self, factory: Callable[[], Router], judge_factory: Callable[[], SentenceEmbedder]) -> None:
         try:
-            self.judge = judge_factory()
+            self.composer = Composer(self.engine, judge_factory())
             self.router = factory()
         except Exception as exc:  # reported by /ready
             log.exception("router failed to load")
@@ -124,18 +106,17 @@ class Orchestrator:
         """A run in one of the MAX_RUNS slots (taken by _prepare)."""
         run_id = uuid.uuid4().hex
         started, created = time.perf_counter(), time.time()
-        trace = RunTrace(emit=emit or (lambda event, data: None), cancelled=cancelled or threading.Event(),
+        trace = RunTrace(emit=emit or (lambda event: None), cancelled=cancelled or threading.Event(),
                          deadline=time.monotonic() + self.settings.run_timeout_s)
         record = RunRecord(response="", run_id=run_id, strategy=req.strategy, experts=[], steps=[], elapsed_ms=0,
                            task=req.task, created_at=created, status="running")
         self.runs.save(record)
-        trace.emit("start", {"run_id": run_id, "strategy": req.strategy,
-                             "ranking": [{"expert": r.name, "score": round(r.score, 4)} for r in ranking]})
+        trace.emit(Started(run_id, req.strategy, [{"expert": r.name, "score": round(r.score, 4)} for r in ranking]))
+        assert self.composer is not None  # loaded with the router, which _prepare required
         try:
-            fallback = STRATEGIES[req.strategy](self, req, experts, ranking, trace)
+            fallback = self.strategies[req.strategy].gather(req, experts, ranking, trace)
             trace.check_cancelled()
-            composition = Composer(self.engine, self.judge).compose(req.task, trace.steps,
-                                                                            trace.remaining_s())
+            composition = self.composer.compose(req.task, trace.steps, trace.remaining_s())
             sources = cite(composition, trace.steps)
         except Exception as exc:
             log.exception("run %s failed", run_id)
@@ -162,48 +143,52 @@ class Orchestrator:
         """One A2A message as a run of the panel: each consultation a status update, the composed answer the
         artifact. A cancelled task stops the run: no further expert is asked and nothing is composed (an expert
         already answering finishes its answer)."""
-        for event, data in self.integrate_events(IntegrateRequest(task=text), cancelled):
+        for event in self.events(IntegrateRequest(task=text), cancelled):
             if cancelled.is_set():
                 return
-            if event == "action":
-                yield Progress("status", f"asking {data['expert']}: {data['reason'] or data['thought']}")
-            elif event == "observation":
-                yield Progress("status", f"{data['expert']} answered" if data["ok"] else data["observation"])
-            elif event == "final":  # the answer ends the task, whether or not the run log could keep it
-                yield Progress("delta", data["response"])
+            if isinstance(event, Asking):
+                yield Progress("status", f"asking {event.expert}: {event.reason or event.thought}")
+            elif isinstance(event, Answered):
+                yield Progress("status", f"{event.step.expert} answered" if event.step.ok else event.step.observation)
+            elif isinstance(event, Finished):  # the answer ends the task, whether or not the run log could keep it
+                yield Progress("delta", event.response.response)
                 return
-            elif event == "error":
-                raise RuntimeError(data["error"]["message"])
+            elif isinstance(event, Failed):
+                raise RuntimeError(str(event.error))
 
     def integrate_events(self, req: IntegrateRequest,
-                         cancelled: threading.Event | None = None) -> Iterator[tuple[str, object]]:
-        """Run in the background and yield its events as they happen, ending with ``final`` or ``error``."""
+                         cancelled: threading.Event | None = None) -> Iterator[tuple[str, dict]]:
+        """:meth:`events` as server-sent events: ``(name, data)`` pairs."""
+        return (event.wire() for event in self.events(req, cancelled))
+
+    def events(self, req: IntegrateRequest, cancelled: threading.Event | None = None) -> Iterator[RunEvent]:
+        """Run in the background and yield its events as they happen, ending with Finished or Failed."""
         experts, ranking = self._prepare(req)  # errors here are plain HTTP errors, before the stream starts
         events: queue.Queue = queue.Queue()
         cancelled = cancelled or threading.Event()
 
         def end_for_shutdown() -> None:
             cancelled.set()
-            events.put(("error", error_event(Unavailable(
-                "the orchestrator is shutting down: this run was stopped", "shutting_down", retry_after=5))))
+            events.put(Failed(Unavailable("the orchestrator is shutting down: this run was stopped", "shutting_down",
+                                          retry_after=5)))
             events.put(_END)
 
         self._streams.add(end_for_shutdown)
 
         def work() -> None:
             try:
-                response = self._run(req, experts, ranking, lambda e, d: events.put((e, d)), cancelled)
-                events.put(("final", response.model_dump()))
+                response = self._run(req, experts, ranking, events.put, cancelled)
+                events.put(Finished(response))
                 if not response.stored:  # the stream ends with the reason the run was not kept
-                    events.put(("error", error_event(StorageFull(response.warning or "", "storage_full"))))
+                    events.put(Failed(StorageFull(response.warning or "", "storage_full")))
             except Exception as exc:  # a domain error keeps its type; anything else is a server_error
-                events.put(("error", error_event(exc)))
+                events.put(Failed(exc))
             finally:
                 events.put(_END)
 
         threading.Thread(target=work, daemon=True, name="integrate-stream").start()
 
-        def stream() -> Iterator[tuple[str, object]]:
+        def stream() -> Iterator[RunEvent]:
             try:
                 while (item := events.get()) is not _END:
                     yield item
@@ -213,7 +198,7 @@ class Orchestrator:
         return stream()
 
 
-_END = ("end", None)  # after a run's last event: what integrate_events' reader stops at
+_END = object()  # after a run's last event: what the events' reader stops at
 
 PANEL_SKILL = AgentSkill(
     id="expert-panel", name="Expert panel",

@@ -5,13 +5,11 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from common.client import ExpertError
 from common.protocol import Step
-
-Emit = Callable[[str, dict], None]
+from orchestrator.events import Answered, Asking, Emit
 
 
 class RunCancelled(Exception):
@@ -20,7 +18,7 @@ class RunCancelled(Exception):
 
 @dataclass
 class RunTrace:
-    emit: Emit = lambda event, data: None
+    emit: Emit = lambda event: None
     steps: list[Step] = field(default_factory=list)
     consulted: list[str] = field(default_factory=list)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -38,7 +36,7 @@ class RunTrace:
                 ranking: list[dict] | None = None, max_new_tokens: int = 256, reason: str = "") -> Step:
         """Ask one expert, record the step (failures included, as readable observations) and stream it."""
         self.check_cancelled()
-        self.emit("action", {"thought": thought, "expert": expert.name, "input": question, "reason": reason})
+        self.emit(Asking(thought, expert.name, question, reason))
         started = time.perf_counter()
         try:
             answer = expert.client.chat(question, timeout_s=self.remaining_s(), max_new_tokens=max_new_tokens)
@@ -51,7 +49,7 @@ class RunTrace:
         self.steps.append(step)
         if expert.name not in self.consulted:
             self.consulted.append(expert.name)
-        self.emit("observation", step.model_dump())
+        self.emit(Answered(step))
         return step
 
     @property

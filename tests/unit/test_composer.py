@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from common.protocol import Source, Step
 from common.text import is_degenerate
-from orchestrator.compose import Composer, cite
+from orchestrator.composer import Composer, cite
 from tests.fakes import ScriptedEngine, WordsEmbedder
 
 TASK = "What does the GDPR regulation require of a contract?"

@@ -13,7 +13,7 @@ from agents.knowledge import Knowledge, KnowledgeStore, PgKnowledgeStore
 from agents.personas import get_persona
 from common.protocol import Attribution, CompositionChecks, Source, Step
 from common.settings import AgentSettings
-from orchestrator.compose import Composition, cite
+from orchestrator.composer import Composition, cite
 from tests.fakes import FakeEngine, WordsEmbedder, expert_app
 
 BREACH = b"""# GDPR Article 33: breach notification
