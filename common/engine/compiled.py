@@ -1,10 +1,10 @@
 """The lean decoder's one-row decode step, compiled ahead of time with AOTInductor.
 
-At one row a decode step of a small model is short on arithmetic and long on operators: profiling SmolLM2-135M on
-two cores with 4-bit weights, about 5.5 ms of a 12 ms step were the int4 matmuls and most of the rest the launch
-cost of some forty small operators a layer in eager PyTorch. Compiled into one C++ function (norms, rotary
-embedding and attention fused into loops; the int4 matmuls called directly), a bare one-row decode ran at 133
-tokens/s against 83 (``bench/weights.py`` measures it in ``make bench``).
+At one row a decode step of a small model is short on arithmetic and long on operators: profiled with 4-bit weights,
+under half of a step was the int4 matmuls and most of the rest the launch cost of some forty small operators a layer
+in eager PyTorch. Compiled into one C++ function (norms, rotary embedding and attention fused into loops; the int4
+matmuls called directly), the step loses that launch cost; ``bench/weights.py`` measures compiled against eager in
+``make bench``, and the README keeps the figures.
 
 - The graph is exported once per shape of the model and torch build and kept under the cache directory; it holds no
   weights: it is loaded with the decoder's own tensors as its constants (shared, not copied), so the weights stay

@@ -445,9 +445,8 @@ def _as_list(value) -> list:
 def detokenize_step(tokenizer, ids: list[int], window: tuple[int, int], final: bool) -> tuple[str, tuple[int, int]]:
     """The text that ``ids[window[1]:]`` add to an answer, and the window to pass next time.
 
-    Re-decoding a whole answer at every step costs time quadratic in its length (0.24 ms for 500 tokens here, per
-    row and step), so only a window is decoded: the tokens last added plus the new ones, whose text is the
-    difference. Context matters to some tokenizers (leading spaces), and a window ending inside a multi-byte
+    Re-decoding a whole answer at every step costs time quadratic in its length, per row and step, so only a window
+    is decoded: the tokens last added plus the new ones, whose text is the difference. Context matters to some tokenizers (leading spaces), and a window ending inside a multi-byte
     character waits for the next token unless the answer is ``final``.
     """
     start, end = window
