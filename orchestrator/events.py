@@ -11,8 +11,16 @@ from typing import ClassVar
 from common.protocol import IntegrateResponse, Step, error_event
 
 
+class Event:
+    event: ClassVar[str]  # its server-sent event's name
+
+    def wire(self) -> tuple[str, dict]:
+        """The server-sent event: its name and data (the dataclass's fields, unless the event says otherwise)."""
+        return self.event, asdict(self)  # type: ignore[call-overload]
+
+
 @dataclass(frozen=True)
-class Started:
+class Started(Event):
     """The run is stored and its experts ranked."""
 
     run_id: str
@@ -20,12 +28,9 @@ class Started:
     ranking: list[dict]
     event: ClassVar[str] = "start"
 
-    def wire(self) -> tuple[str, dict]:
-        return self.event, asdict(self)
-
 
 @dataclass(frozen=True)
-class Asking:
+class Asking(Event):
     """An expert is being consulted."""
 
     thought: str
@@ -34,12 +39,9 @@ class Asking:
     reason: str
     event: ClassVar[str] = "action"
 
-    def wire(self) -> tuple[str, dict]:
-        return self.event, asdict(self)
-
 
 @dataclass(frozen=True)
-class Answered:
+class Answered(Event):
     """A consultation ended: the expert's answer, or its failure as a readable observation."""
 
     step: Step
@@ -50,7 +52,7 @@ class Answered:
 
 
 @dataclass(frozen=True)
-class Finished:
+class Finished(Event):
     """The composed answer: the run's last event, unless it could not be stored (then a Failed follows)."""
 
     response: IntegrateResponse
@@ -61,7 +63,7 @@ class Finished:
 
 
 @dataclass(frozen=True)
-class Failed:
+class Failed(Event):
     """The run failed, was stopped, or its answer could not be kept: the error as every error body shapes it."""
 
     error: Exception

@@ -446,8 +446,9 @@ def detokenize_step(tokenizer, ids: list[int], window: tuple[int, int], final: b
     """The text that ``ids[window[1]:]`` add to an answer, and the window to pass next time.
 
     Re-decoding a whole answer at every step costs time quadratic in its length, per row and step, so only a window
-    is decoded: the tokens last added plus the new ones, whose text is the difference. Context matters to some tokenizers (leading spaces), and a window ending inside a multi-byte
-    character waits for the next token unless the answer is ``final``.
+    is decoded: the tokens last added plus the new ones, whose text is the difference. Context matters to some
+    tokenizers (leading spaces), and a window ending inside a multi-byte character waits for the next token unless
+    the answer is ``final``.
     """
     start, end = window
     before = tokenizer.decode(ids[start:end], skip_special_tokens=True)
