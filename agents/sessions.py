@@ -27,10 +27,6 @@ class SessionStore(SqliteStore):
 
     SCHEMA = SCHEMA
 
-    def __init__(self, path, retain_days: float = 0):
-        super().__init__(path)
-        self.retain_s = retain_days * 86400  # 0: turns are kept for ever
-
     def history(self, persona: str, session_id: str, last_turns: int | None = None) -> list[Turn]:
         """The session's turns, oldest first; ``last_turns`` keeps only the newest exchanges (user + answer pairs)."""
         query = "SELECT role, content, created_at FROM turns WHERE persona = ? AND session_id = ? ORDER BY id DESC"

@@ -15,11 +15,13 @@ class UnusableDatabase(RuntimeError):
 
 
 class SqliteStore:
-    """Subclasses set ``SCHEMA``; every write runs in one transaction, so a crash leaves the file consistent."""
+    """Subclasses set ``SCHEMA``; every write runs in one transaction, so a crash leaves the file consistent.
+    ``retain_days`` is how long a subclass keeps what it stores (0: for ever); its writes prune what is older."""
 
     SCHEMA = ""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, retain_days: float = 0):
+        self.retain_s = retain_days * 86400
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:

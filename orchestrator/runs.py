@@ -24,8 +24,7 @@ class RunStore(SqliteStore):
     SCHEMA = SCHEMA
 
     def __init__(self, path, retain_days: float = 0):
-        super().__init__(path)
-        self.retain_s = retain_days * 86400  # 0: runs are kept for ever
+        super().__init__(path, retain_days)
         self._fail_interrupted()
 
     def _fail_interrupted(self) -> None:
