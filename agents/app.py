@@ -12,7 +12,7 @@ from agents.knowledge import Knowledge, open_store
 from agents.personas import get_persona
 from agents.service import ExpertService
 from agents.sessions import SessionStore
-from common import a2a
+from common import a2a, tracing
 from common.embedding import choose_embedder
 from common.engine import start_engine
 from common.errors import BadRequest
@@ -118,7 +118,9 @@ def create_app(settings: AgentSettings | None = None, engine=None, embedder=None
                           embedder or (lambda: choose_embedder(settings.knowledge_embedder)), settings.knowledge_top_k,
                           settings.knowledge_min_score)
     knowledge.start(persona.knowledge_files(), persona.catalog_dir)
-    service = ExpertService(settings, persona, engine, sessions, metrics, knowledge)
+    # each generation a chat span, child of the caller's consultation, when tracing is on (install configured it)
+    service = ExpertService(settings, persona, tracing.Observed(engine) if tracing.enabled() else engine, sessions,
+                            metrics, knowledge)
     app.extensions["expert"] = service
     app.extensions["engine"] = engine
     # on SIGTERM (common/serve.py): the engine fails what it is decoding and what waits, so a /chat stream in flight

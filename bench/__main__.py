@@ -7,7 +7,8 @@ single-request overhead (HTTP + scheduling vs a bare decode of the same tokens, 
 and under load), dtype quality, what reproducible greedy answers (float32) cost against bfloat16, /integrate panel
 wall time vs its experts' times, routing accuracy on a labelled set, the quality of /integrate's answers on a dev
 set (bench/quality.py), tool calling on BFCL against llama.cpp's server (bench/tool_calls.py), and the experts'
-knowledge bases: fact recall with and without retrieval, citations, the store at 10,000 chunks (bench/knowledge.py).
+knowledge bases: fact recall with and without retrieval, citations, the store at 10,000 chunks (bench/knowledge.py),
+and what tracing costs: /chat with spans exported over OTLP against tracing off, interleaved (bench/tracing.py).
 Prints a table and writes JSON under bench/results/.
 """
 
@@ -25,7 +26,7 @@ import torch
 import yaml
 
 from agents.personas import get_persona
-from bench import knowledge, machine, quality, speed, tool_calls, weights
+from bench import knowledge, machine, quality, speed, tool_calls, tracing, weights
 from bench.load import ALONE, CORES, NEW_TOKENS, PROMPTS, PeakRss
 from common.engine.decoders import make_decoder
 from common.engine.loading import cpu_has_native_bf16, load_model, pick_dtype
@@ -297,6 +298,7 @@ def report(results: dict) -> None:
     quality.report(results["quality"])
     tool_calls.report(results["tool_calls"])
     knowledge.report(results["knowledge"])
+    tracing.report(results["tracing"])
     r = results["routing"]
     print(f"\n== Routing on {r['tasks']} labelled tasks ==")
     print(f"semantic ranking picks a right expert first: {r['ranking_first_right']}/{r['tasks']} "
@@ -322,6 +324,7 @@ def main() -> None:
             "quality": quality.quality(work),
             "tool_calls": tool_calls.tool_calls(work),
             "knowledge": knowledge.knowledge(work),
+            "tracing": tracing.tracing(work),
         }
     results["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     results["cpu"] = machine.cpu()

@@ -14,6 +14,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from common import tracing
 from common.protocol import A2A_VERSION_HEADER, AgentCard, ChatResponse
 
 
@@ -45,7 +46,8 @@ class ExpertClient:
     def _request(self, method: str, path: str, timeout=None, **kwargs) -> requests.Response:
         url = f"{self.base_url}{path}"
         try:
-            return self._http.request(method, url, headers=self._headers, timeout=timeout or self.timeout, **kwargs)
+            return self._http.request(method, url, headers=tracing.inject(dict(self._headers)),
+                                      timeout=timeout or self.timeout, **kwargs)
         except requests.ConnectionError as exc:
             # urllib3 says 'Connection aborted' when the request went out and the connection broke before the
             # answer was read: the expert may have acted on it (so it is not sent again, see Retry above)
@@ -98,9 +100,11 @@ class ExpertClient:
         from a2a.helpers.proto_helpers import get_artifact_text, get_message_text, new_text_message
         from a2a.types.a2a_pb2 import Role, SendMessageRequest, TaskState
 
+        headers = tracing.inject(dict(self._headers))  # this thread's span, before the event loop runs
+
         async def ask() -> str:
             timeout = httpx.Timeout(self.timeout[1], connect=self.timeout[0])
-            async with httpx.AsyncClient(timeout=timeout, headers=self._headers) as http:
+            async with httpx.AsyncClient(timeout=timeout, headers=headers) as http:
                 client = await create_client(self.base_url, client_config=ClientConfig(httpx_client=http,
                                                                                         streaming=False))
                 message = new_text_message(intent, role=Role.ROLE_USER)

@@ -21,6 +21,13 @@ class Metrics:
                              registry=self.registry)
         self.running = Gauge("conclave_requests_running", "Requests being decoded", ["service"],
                              registry=self.registry)
+        # the orchestrator's view of its panel: what each consultation took, and the tokens of every model
+        self.consultations = Histogram("conclave_consultation_seconds", "Time to consult an expert, by outcome",
+                                       ["expert", "ok"], registry=self.registry,
+                                       buckets=(0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300))
+        self.model_tokens = Counter("conclave_model_tokens_total", "Tokens of a run's model calls: each expert's "
+                                    "(as it counted them) and the orchestrator's own", ["model_of", "kind"],
+                                    registry=self.registry)
         self.service = service
 
     def exposition(self) -> tuple[bytes, str]:

@@ -548,6 +548,8 @@ class Step(BaseModel):
     observation: str = ""
     ok: bool = True
     elapsed_ms: int = 0
+    started_ms: int = Field(0, description="When the consultation began, in ms from the run's start: steps that "
+                            "overlap ran in parallel.")
     ranking: list[dict[str, Any]] | None = Field(None, description="Experts by similarity to the task, best first.")
     chosen_by: str | None = Field(None, description="'ranking' when the ranking forced the choice, 'llm' when the "
                                   "model chose, 'panel' when every selected expert is asked.")
@@ -556,6 +558,26 @@ class Step(BaseModel):
                                   "them.")
     language: AnswerLanguage | None = Field(None, description="The language the expert was asked to answer in, and "
                                             "why when it is not the question's.")
+    model: str | None = Field(None, description="The model that answered, as the expert names it.")
+    usage: Usage | None = Field(None, description="The expert's tokens for this answer, as it counted them.")
+
+
+class UsageFigures(BaseModel):
+    """Tokens, calls and time of one part of a run; ``cost`` where PRICES names the model."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    calls: int = 0
+    elapsed_ms: int = 0
+    cost: float | None = Field(None, description="input and output tokens at PRICES' rates for the model, when set.")
+
+
+class RunUsage(BaseModel):
+    """What a run consumed: per expert, the orchestrator's own model (ReAct steps, the merge), and in total."""
+
+    experts: dict[str, UsageFigures] = {}
+    orchestrator: UsageFigures = UsageFigures()
+    total: UsageFigures = UsageFigures()
 
 
 class Attribution(BaseModel):
@@ -605,6 +627,8 @@ class IntegrateResponse(BaseModel):
     stored: bool = Field(True, description="False when the run could not be saved (a full disk): the answer is still "
                          "given, `GET /runs/<run_id>` will not find it, and `warning` says why.")
     warning: str | None = None
+    usage: RunUsage = Field(RunUsage(), description="Tokens, time and cost per expert, of the orchestrator's model, "
+                            "and in total.")
 
 
 class RunRecord(IntegrateResponse):

@@ -214,6 +214,10 @@ class OrchestratorSettings(WebSettings, EngineSettings):
         "auto", validation_alias="JUDGE_EMBEDDER",
         description="What the composer's checks (on-topic, grounded, left out) embed with; choices as ROUTER_EMBEDDER.")
     panel_top_k: int = Field(0, ge=0, validation_alias="PANEL_TOP_K", description="0 asks every expert.")
+    prices: dict[str, tuple[float, float]] = Field(
+        {}, validation_alias="PRICES",
+        description='JSON: a model name (as /ready or a run\'s steps name it) -> [input, output] price per million '
+        'tokens, e.g. {"gpt-4o-mini": [0.15, 0.6]}; runs then report their cost.')
 
     @property
     def expert_url_list(self) -> list[str]:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
-from common import __version__
+from common import __version__, tracing
 from common.errors import BadRequest, ConclaveError, UnsupportedMediaType
 from common.metrics import Metrics
 from common.openapi import Route, build_openapi
@@ -159,6 +159,7 @@ def install(app: Flask, settings: WebSettings, service: str, title: str) -> Metr
     app.config["TRUSTED_HOSTS"] = settings.trusted_hosts()  # Flask answers 400 to any other Host header
     metrics = Metrics(service)
     app.extensions["metrics"] = metrics
+    tracing.configure(service)  # exports spans when OTEL_EXPORTER_OTLP_ENDPOINT is set; nothing otherwise
     expected = f"Bearer {settings.api_key}".encode() if settings.api_key else None
 
     @app.before_request
@@ -167,6 +168,7 @@ def install(app: Flask, settings: WebSettings, service: str, title: str) -> Metr
         given_id = request.headers.get("X-Request-ID", "")
         # echoed in a header and written to logs: only a plain token is taken, anything else gets an id of ours
         g.request_id = given_id if REQUEST_ID.fullmatch(given_id) else uuid.uuid4().hex[:16]
+        g.trace = tracing.continue_trace(request.headers)  # the caller's traceparent: our spans are its children
         if expected is None or request.path in OPEN_PATHS or request.path.startswith("/static/"):
             return None
         given = request.headers.get("Authorization", "").encode()
@@ -183,6 +185,10 @@ def install(app: Flask, settings: WebSettings, service: str, title: str) -> Metr
         resp.headers["X-Request-ID"] = g.get("request_id", "")
         resp.headers.update(SECURITY_HEADERS)
         return resp
+
+    @app.teardown_request
+    def _end_trace(_exc: BaseException | None) -> None:
+        tracing.leave_trace(g.pop("trace", None))
 
     @app.errorhandler(ConclaveError)
     def _domain_error(exc: ConclaveError) -> Response:  # a service's or an engine's: it carries its status and type

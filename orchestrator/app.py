@@ -21,7 +21,7 @@ from orchestrator import mcp
 from orchestrator.experts import ExpertRegistry
 from orchestrator.routing import Router
 from orchestrator.runs import RunStore
-from orchestrator.service import PANEL_SKILL, Orchestrator
+from orchestrator.service import PANEL_NAME, PANEL_SKILL, Orchestrator
 
 STATIC = Path(__file__).with_name("static")
 api = Api("panel", __name__)
@@ -79,13 +79,13 @@ def create_app(settings: OrchestratorSettings | None = None, llm=None, experts: 
     router_factory = router_factory or (lambda: Router(embedder(settings.router_embedder)))
     judge_factory = judge_factory or (lambda: embedder(settings.judge_embedder))
     runs = RunStore(settings.data_dir / "runs.sqlite3", settings.retain_days)
-    service = Orchestrator(settings, engine, experts, router_factory, runs, judge_factory)
+    service = Orchestrator(settings, engine, experts, router_factory, runs, judge_factory, metrics)
     app.extensions["orchestrator"] = service
     app.extensions["engine"] = engine
     app.extensions["shutdown"] = [service.shutdown, engine.stop]  # on SIGTERM (common/serve.py)
 
     def card(base_url: str):
-        return a2a.agent_card("Conclave panel", "A panel of expert agents that answers as one.",
+        return a2a.agent_card(PANEL_NAME, "A panel of expert agents that answers as one.",
                               settings.public_url or base_url, __version__, [PANEL_SKILL], bool(settings.api_key))
 
     ops = operations(STATIC, "index.html", service.readiness,

@@ -9,10 +9,21 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
+from common import tracing
 from common.a2a import Progress
 from common.embedding import SentenceEmbedder
 from common.errors import BadRequest, Busy, StorageFull, Unavailable
-from common.protocol import AgentSkill, AnswerLanguage, IntegrateRequest, IntegrateResponse, RunRecord
+from common.metrics import Metrics
+from common.protocol import (
+    AgentSkill,
+    AnswerLanguage,
+    IntegrateRequest,
+    IntegrateResponse,
+    RunRecord,
+    RunUsage,
+    Step,
+    UsageFigures,
+)
 from common.settings import OrchestratorSettings
 from orchestrator.composer import Composer, cite
 from orchestrator.events import Answered, Asking, Emit, Failed, Finished, RunEvent, Started
@@ -27,11 +38,14 @@ log = logging.getLogger(__name__)
 
 class Orchestrator:
     def __init__(self, settings: OrchestratorSettings, engine, registry: ExpertRegistry,
-                 router_factory: Callable[[], Router], runs: RunStore, judge_factory: Callable[[], SentenceEmbedder]):
-        self.settings, self.engine, self.registry, self.runs = settings, engine, registry, runs
+                 router_factory: Callable[[], Router], runs: RunStore, judge_factory: Callable[[], SentenceEmbedder],
+                 metrics: Metrics):
+        self.settings, self.registry, self.runs, self.metrics = settings, registry, runs, metrics
+        # the run's own model calls are counted (and traced, when tracing is on) as they end
+        self.engine = tracing.Observed(engine)
         self.router: Router | None = None  # set once the router and the composer's judge have both loaded
         self.composer: Composer | None = None  # set when its judge (an embedder) has loaded
-        self.strategies = strategies(engine, settings)
+        self.strategies = strategies(self.engine, settings)
         self.router_error: str | None = None
         self._run_slots = threading.BoundedSemaphore(settings.max_runs)
         self.closing = False
@@ -103,11 +117,38 @@ class Orchestrator:
 
     def _run_held(self, req: IntegrateRequest, experts, ranking, emit: Emit | None,
                   cancelled: threading.Event | None) -> IntegrateResponse:
-        """A run in one of the MAX_RUNS slots (taken by _prepare)."""
+        """A run in one of the MAX_RUNS slots (taken by _prepare): one trace span, its model calls counted."""
         run_id = uuid.uuid4().hex
+        emit = emit or (lambda event: None)
+
+        def observed(event: RunEvent) -> None:
+            if isinstance(event, Answered):
+                self._count(event.step)
+            emit(event)
+
+        with tracing.agent_span(PANEL_NAME, run_id, req.strategy) as span, tracing.counting() as ledger:
+            try:
+                response = self._run_traced(req, experts, ranking, observed, cancelled, run_id, ledger)
+            finally:
+                self.metrics.model_tokens.labels("orchestrator", "input").inc(ledger.input_tokens)
+                self.metrics.model_tokens.labels("orchestrator", "output").inc(ledger.output_tokens)
+            tracing.record_usage(span, response.usage.total.input_tokens, response.usage.total.output_tokens)
+            return response
+
+    def _count(self, step: Step) -> None:
+        """A consultation in Prometheus: its time by outcome, its tokens."""
+        expert = step.expert or "none"
+        self.metrics.consultations.labels(expert, str(step.ok).lower()).observe(step.elapsed_ms / 1000)
+        if step.usage is not None:
+            self.metrics.model_tokens.labels(expert, "input").inc(step.usage.prompt_tokens)
+            self.metrics.model_tokens.labels(expert, "output").inc(step.usage.completion_tokens)
+
+    def _run_traced(self, req: IntegrateRequest, experts, ranking, emit: Emit,
+                    cancelled: threading.Event | None, run_id: str, ledger: tracing.Ledger) -> IntegrateResponse:
         started, created = time.perf_counter(), time.time()
-        trace = RunTrace(emit=emit or (lambda event: None), cancelled=cancelled or threading.Event(),
-                         deadline=time.monotonic() + self.settings.run_timeout_s)
+        trace = RunTrace(emit=emit, cancelled=cancelled or threading.Event(),
+                         deadline=time.monotonic() + self.settings.run_timeout_s, parent=tracing.current(),
+                         started=started)
         record = RunRecord(response="", run_id=run_id, strategy=req.strategy, experts=[], steps=[], elapsed_ms=0,
                            task=req.task, created_at=created, status="running")
         self.runs.save(record)
@@ -122,6 +163,7 @@ class Orchestrator:
             log.exception("run %s failed", run_id)
             record = record.model_copy(update={"status": "failed", "error": f"{type(exc).__name__}: {exc}",
                                                "steps": trace.steps, "experts": trace.consulted,
+                                               "usage": self._usage(trace.steps, ledger),
                                                "elapsed_ms": int((time.perf_counter() - started) * 1000)})
             self.runs.save(record)
             raise
@@ -130,6 +172,7 @@ class Orchestrator:
                                      synthesis_ms=composition.synthesis_ms, merge=composition.merge,
                                      attribution=composition.attribution, checks=composition.checks,
                                      sources=sources, language=_language(trace.steps),
+                                     usage=self._usage(trace.steps, ledger),
                                      elapsed_ms=int((time.perf_counter() - started) * 1000))
         try:
             self.runs.save(RunRecord(**response.model_dump(), task=req.task, created_at=created, status="done"))
@@ -137,6 +180,32 @@ class Orchestrator:
             log.error("run %s: %s", run_id, exc)
             response = response.model_copy(update={"stored": False, "warning": str(exc)})
         return response
+
+    def _usage(self, steps: list[Step], ledger: tracing.Ledger) -> RunUsage:
+        """What the run consumed, per expert (as each counted its tokens), of the orchestrator's model, in total;
+        with costs where PRICES names the model."""
+        prices = self.settings.prices
+        experts: dict[str, UsageFigures] = {}
+        for s in steps:
+            if s.expert is None:
+                continue
+            figures = experts.setdefault(s.expert, UsageFigures())
+            figures.calls += 1
+            figures.elapsed_ms += s.elapsed_ms
+            if s.usage is not None:
+                figures.input_tokens += s.usage.prompt_tokens
+                figures.output_tokens += s.usage.completion_tokens
+                figures.cost = _add(figures.cost, _cost(prices.get(s.model or ""), s.usage.prompt_tokens,
+                                                        s.usage.completion_tokens))
+        own = UsageFigures(input_tokens=ledger.input_tokens, output_tokens=ledger.output_tokens, calls=ledger.calls,
+                           elapsed_ms=int(ledger.elapsed_s * 1000),
+                           cost=_cost(prices.get(self.engine.model_name), ledger.input_tokens, ledger.output_tokens))
+        parts = [*experts.values(), own]
+        costs = [p.cost for p in parts if p.cost is not None]
+        total = UsageFigures(input_tokens=sum(p.input_tokens for p in parts),
+                             output_tokens=sum(p.output_tokens for p in parts), calls=sum(p.calls for p in parts),
+                             elapsed_ms=sum(p.elapsed_ms for p in parts), cost=sum(costs) if costs else None)
+        return RunUsage(experts=experts, orchestrator=own, total=total)
 
     # ---- A2A ------------------------------------------------------------------------------------------------------
     def a2a_turn(self, text: str, context_id: str, cancelled: threading.Event) -> Iterator[Progress]:
@@ -200,12 +269,22 @@ class Orchestrator:
 
 _END = object()  # after a run's last event: what the events' reader stops at
 
+PANEL_NAME = "Conclave panel"
 PANEL_SKILL = AgentSkill(
     id="expert-panel", name="Expert panel",
     description="Routes a task to the relevant experts (AI, law, and any configured persona), consults them, and "
     "composes one answer that says who contributed what, with the experts' sources.",
     tags=["panel", "multi-agent", "law", "artificial intelligence"],
     examples=["Is training a model on scraped personal data legal under the GDPR, and how can it be anonymised?"])
+
+
+def _cost(price: tuple[float, float] | None, input_tokens: int, output_tokens: int) -> float | None:
+    """Tokens at a price per million (input, output), or None without a price."""
+    return None if price is None else round((input_tokens * price[0] + output_tokens * price[1]) / 1e6, 8)
+
+
+def _add(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else a + b
 
 
 def _language(steps) -> AnswerLanguage | None:

@@ -7,6 +7,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from opentelemetry.context import Context
+
+from common import tracing
 from common.client import ExpertError
 from common.protocol import Step
 from orchestrator.events import Answered, Asking, Emit
@@ -23,6 +26,8 @@ class RunTrace:
     consulted: list[str] = field(default_factory=list)
     cancelled: threading.Event = field(default_factory=threading.Event)
     deadline: float = math.inf  # time.monotonic() by which the run ends (RUN_TIMEOUT)
+    parent: Context | None = None  # the run's span: each consultation's span is its child, in whatever thread
+    started: float = field(default_factory=time.perf_counter)  # the run's start, which steps' times count from
 
     def check_cancelled(self) -> None:
         if self.cancelled.is_set():
@@ -38,14 +43,22 @@ class RunTrace:
         self.check_cancelled()
         self.emit(Asking(thought, expert.name, question, reason))
         started = time.perf_counter()
-        try:
-            answer = expert.client.chat(question, timeout_s=self.remaining_s(), max_new_tokens=max_new_tokens)
-            observation, ok, sources, language = answer.response, True, answer.sources, answer.language
-        except ExpertError as exc:
-            observation, ok, sources, language = f"{exc} (continue with the other experts)", False, [], None
-        step = Step(thought=thought, expert=expert.name, input=question, observation=observation, ok=ok,
-                    elapsed_ms=int((time.perf_counter() - started) * 1000), chosen_by=chosen_by, ranking=ranking,
-                    reason=reason, sources=sources, language=language)
+        answer = None
+        with tracing.tool_span(expert.name, question, self.parent) as span:
+            try:
+                answer = expert.client.chat(question, timeout_s=self.remaining_s(), max_new_tokens=max_new_tokens)
+            except ExpertError as exc:
+                observation = f"{exc} (continue with the other experts)"
+                tracing.failed(span, str(exc))
+            else:
+                observation = answer.response
+                tracing.record_usage(span, answer.usage.prompt_tokens, answer.usage.completion_tokens)
+        step = Step(thought=thought, expert=expert.name, input=question, observation=observation,
+                    ok=answer is not None, elapsed_ms=int((time.perf_counter() - started) * 1000),
+                    started_ms=int((started - self.started) * 1000),
+                    chosen_by=chosen_by, ranking=ranking, reason=reason,
+                    sources=answer.sources if answer else [], language=answer.language if answer else None,
+                    model=answer.model if answer else None, usage=answer.usage if answer else None)
         self.steps.append(step)
         if expert.name not in self.consulted:
             self.consulted.append(expert.name)

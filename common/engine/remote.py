@@ -15,6 +15,7 @@ import time
 
 import httpx
 import openai
+from opentelemetry import propagate
 
 from . import tools as tool_calls
 from .checking import satisfies
@@ -139,6 +140,10 @@ class RemoteEngine:
         if not self.ready:
             raise EngineNotReady(self.status, retry_after=5)
         kwargs, wire = self.body(request)
+        # W3C trace context of the caller's span (a traced generation's), read here: the call runs in a thread
+        propagate.inject(headers := {})
+        if headers:
+            kwargs["extra_headers"] = headers
         gen = Generation(request)
         threading.Thread(target=self._run, args=(gen, kwargs, wire), name="remote-generation", daemon=True).start()
         return gen

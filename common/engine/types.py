@@ -10,7 +10,7 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
@@ -137,6 +137,8 @@ class Generation:
         self._result: GenerationResult | None = None
         self._error: EngineError | None = None
         self._text: list[str] = []
+        self._on_done: list = []
+        self._ending = threading.Lock()  # a callback added as the generation ends runs exactly once
 
     # producer side
     def push(self, delta: str) -> None:
@@ -153,13 +155,28 @@ class Generation:
             elapsed_s=time.monotonic() - self.created,
             looped=looped,
         )
-        self._done.set()
-        self._deltas.put(_DONE)
+        self._end()
 
     def fail(self, error: EngineError) -> None:
         self._error = error
-        self._done.set()
+        self._end()
+
+    def _end(self) -> None:
+        with self._ending:
+            self._done.set()
+            callbacks, self._on_done = self._on_done, []
         self._deltas.put(_DONE)
+        for callback in callbacks:
+            callback(self._result, self._error)
+
+    def on_done(self, callback: Callable[[GenerationResult | None, EngineError | None], None]) -> None:
+        """Call ``callback(result, error)`` once the generation ends (in the producer's thread; at once if it has):
+        what observes generations (usage, traces) does so without the engine knowing."""
+        with self._ending:
+            if not self._done.is_set():
+                self._on_done.append(callback)
+                return
+        callback(self._result, self._error)
 
     def timeout_error(self) -> GenerationTimeout:
         return GenerationTimeout(f"generation exceeded its time limit of {self.request.timeout_s:g}s")

@@ -64,6 +64,38 @@ function answerNode(run) {
     run.elapsed_ms ? h("div", { className: "sub" }, `${run.elapsed_ms} ms · run ${run.run_id}`) : null);
 }
 
+function tokens(u) {
+  return u && (u.input_tokens || u.output_tokens) ? ` · ${u.input_tokens} in, ${u.output_tokens} out` : "";
+}
+
+function cost(u) {
+  return u && u.cost != null ? ` · cost ${u.cost.toFixed(6)}` : "";
+}
+
+// Where the run's time went: one lane per consultation, placed at its start (lanes that overlap ran in parallel,
+// the others in series), then the composition; each with its time and tokens. Bars are positioned through the
+// CSSOM, which the page's Content-Security-Policy allows (no inline style).
+function timelineNode(run) {
+  const total = Math.max(run.elapsed_ms || 1, 1);
+  const lane = (label, start, ms, figures, kind) => {
+    const bar = h("div", { className: `bar ${kind}`, title: `${label}: ${ms} ms from ${start} ms` });
+    bar.style.left = `${(100 * start) / total}%`;
+    bar.style.width = `${(100 * ms) / total}%`;
+    return h("div", { className: "lane" }, h("span", {}, label), h("div", { className: "track" }, bar),
+      h("span", { className: "figures" }, `${ms} ms${figures}`));
+  };
+  const steps = (run.steps || []).filter((s) => s.expert);
+  const lanes = steps.map((s) => lane(s.expert, s.started_ms || 0, s.elapsed_ms, tokens(s.usage && {
+    input_tokens: s.usage.prompt_tokens, output_tokens: s.usage.completion_tokens }), s.ok ? "" : "failed"));
+  if (run.synthesis_ms) {
+    lanes.push(lane("compose", Math.max(total - run.synthesis_ms, 0), run.synthesis_ms,
+      tokens(run.usage?.orchestrator), "compose"));
+  }
+  const sum = run.usage?.total;
+  return h("details", { className: "timeline", open: true },
+    h("summary", {}, `Timeline · ${total} ms${tokens(sum)}${cost(sum)}`), lanes);
+}
+
 function taskNode(task) {
   return h("div", {}, h("strong", {}, "Task:"), " ", task || "");
 }
@@ -74,7 +106,7 @@ function errorNode(message) {
 
 function renderRun(run) {
   $("trace").replaceChildren(h("div", { className: "card" }, taskNode(run.task),
-    run.steps.map((s, i) => stepNode(s, i)), answerNode(run)));
+    run.steps.map((s, i) => stepNode(s, i)), answerNode(run), timelineNode(run)));
 }
 
 async function refreshRuns() {
@@ -82,7 +114,8 @@ async function refreshRuns() {
   if (!resp.ok) return;
   const { runs } = await resp.json();
   $("runs").replaceChildren(...runs.map((r) => h("li", { "data-id": r.run_id },
-    `${new Date(r.created_at * 1000).toLocaleString()} · ${r.strategy} · ${r.status} — ${r.task.slice(0, 90)}`)));
+    `${new Date(r.created_at * 1000).toLocaleString()} · ${r.strategy} · ${r.status} · ${r.elapsed_ms} ms`
+    + `${tokens(r.usage?.total)}${cost(r.usage?.total)} — ${r.task.slice(0, 90)}`)));
 }
 
 $("runs").addEventListener("click", async (ev) => {
@@ -115,7 +148,7 @@ async function send() {
         else live.append(node);
         delete pending[data.expert];
       } else if (event === "final") {
-        live.append(answerNode(data));
+        live.append(answerNode(data), timelineNode(data));
       } else if (event === "error") {
         live.append(errorNode(data.error.message));
       }

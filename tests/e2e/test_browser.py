@@ -54,6 +54,16 @@ def test_orchestrator_page_shows_the_live_trace_and_past_runs(stack, page):
     assert page.evaluate("window.__pwned") is None
     assert "<script>" in page.text_content("#live")
     page.screenshot(path=str(SCREENSHOTS / "orchestrator.png"), full_page=True)
+    # the timeline: a lane per consultation (the panel's run in parallel: their bars start together) and the
+    # composition, each with its time and tokens
+    lanes = page.locator("#live .timeline .lane")
+    assert lanes.count() >= 2 and "law_expert" in page.text_content("#live .timeline")
+    summary = page.text_content("#live .timeline summary")
+    assert " ms" in summary and " in, " in summary and " out" in summary
+    starts = page.eval_on_selector_all("#live .timeline .bar:not(.compose)",
+                                       "bars => bars.map(b => parseFloat(b.style.left))")
+    assert max(starts) - min(starts) < 2, starts  # asked at once: the bars start together (in % of the run)
+    page.locator("#live .timeline").screenshot(path=str(SCREENSHOTS / "orchestrator-timeline.png"))
 
     page.wait_for_selector("#runs li", timeout=30_000)
     page.click("#runs li")
