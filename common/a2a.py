@@ -45,6 +45,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.responses import JSONResponse
 
+from common import tracing
 from common.asgi import mount as asgi_mount
 from common.protocol import A2A_VERSION_HEADER, CONCLAVE_EXTENSION
 from common.protocol import AgentCard as CardSchema
@@ -84,14 +85,19 @@ class TurnExecutor(AgentExecutor):
         cancelled = self._cancels.setdefault(task.id, threading.Event())
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
+        # the caller's traceparent: the turn's spans (in the thread below) continue its trace
+        headers = context.call_context.state.get("headers", {}) if context.call_context else {}
 
         def run() -> None:
+            trace_token = tracing.continue_trace(headers)
             try:
                 for item in self.turn(get_message_text(context.message), task.context_id, cancelled):
                     loop.call_soon_threadsafe(events.put_nowait, item)
                 loop.call_soon_threadsafe(events.put_nowait, None)
             except Exception as exc:  # the task fails with the reason; the server goes on
                 loop.call_soon_threadsafe(events.put_nowait, exc)
+            finally:
+                tracing.leave_trace(trace_token)
 
         threading.Thread(target=run, name="a2a-turn", daemon=True).start()
         pieces = 0

@@ -96,3 +96,14 @@ def test_with_tracing_off_nothing_is_recorded_and_no_traceparent_is_sent(spans, 
     assert client.post("/integrate", json={"task": LAW_TASK}).status_code == 200
     assert spans.get_finished_spans() == ()
     assert tracing.inject({}) == {}
+
+
+def test_over_a2a_too_the_experts_generation_is_a_child_of_the_consultation(spans, tmp_path, live_expert):
+    law = live_expert("law_expert", "Article 28 requires a processing contract.")
+    client, _ = make_client(tmp_path, [law.url], [step("The lawyer knows this.", "law_expert", LAW_TASK)],
+                            expert_transport="a2a")
+    assert client.post("/integrate", json={"task": LAW_TASK}).status_code == 200
+    found = by_name(spans.get_finished_spans())
+    (tool,) = found["execute_tool law_expert"]
+    chats = [s for name, group in found.items() if name.startswith("chat ") for s in group]
+    assert any(c.parent is not None and c.parent.span_id == tool.context.span_id for c in chats), chats
