@@ -7,6 +7,7 @@ Every engine (local batched, remote OpenAI-compatible) takes a :class:`Generatio
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import threading
 import time
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 from common.errors import ConclaveError
+
+log = logging.getLogger(__name__)
 
 ConstraintKind = Literal["grammar", "regex", "choice", "json", "structural_tag"]
 CONSTRAINT_KINDS: frozenset[str] = frozenset(get_args(ConstraintKind))
@@ -139,6 +142,7 @@ class Generation:
         self._text: list[str] = []
         self._on_done: list = []
         self._ending = threading.Lock()  # a callback added as the generation ends runs exactly once
+        self._ended = False
 
     # producer side
     def push(self, delta: str) -> None:
@@ -162,18 +166,23 @@ class Generation:
         self._end()
 
     def _end(self) -> None:
+        # the callbacks run before anyone waiting sees the end: what they count is counted when result() returns
         with self._ending:
-            self._done.set()
-            callbacks, self._on_done = self._on_done, []
-        self._deltas.put(_DONE)
+            callbacks, self._on_done, self._ended = self._on_done, [], True
         for callback in callbacks:
-            callback(self._result, self._error)
+            try:
+                callback(self._result, self._error)
+            except Exception:  # an observer's failure must not leave the caller waiting
+                log.exception("a generation's done callback failed")
+        self._done.set()
+        self._deltas.put(_DONE)
 
     def on_done(self, callback: Callable[[GenerationResult | None, EngineError | None], None]) -> None:
-        """Call ``callback(result, error)`` once the generation ends (in the producer's thread; at once if it has):
-        what observes generations (usage, traces) does so without the engine knowing."""
+        """Call ``callback(result, error)`` once the generation ends (in the producer's thread, before the consumer
+        sees the end; at once if it has ended): what observes generations (usage, traces) does so without the engine
+        knowing."""
         with self._ending:
-            if not self._done.is_set():
+            if not self._ended:
                 self._on_done.append(callback)
                 return
         callback(self._result, self._error)
