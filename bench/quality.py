@@ -63,6 +63,27 @@ def score(embed, task: str, body: dict, expected: list[str]) -> dict:
     }
 
 
+def timings(body: dict) -> dict:
+    """Where one run's time went, from its own JSON: before the first consultation (routing, the first ReAct step),
+    the consultations (wall time from the first start to the last end, and the sum of their times: more than the wall
+    when they ran in parallel), the orchestrator's own model (ReAct steps and the merge), the composition."""
+    steps = [s for s in body["steps"] if s["expert"]]
+    first = min((s["started_ms"] for s in steps), default=0)
+    last = max((s["started_ms"] + s["elapsed_ms"] for s in steps), default=0)
+    return {"total_ms": body["elapsed_ms"], "before_first_ms": first, "consult_wall_ms": last - first,
+            "consult_sum_ms": sum(s["elapsed_ms"] for s in steps), "consultations": len(steps),
+            "own_model_ms": body["usage"]["orchestrator"]["elapsed_ms"],
+            "own_model_calls": body["usage"]["orchestrator"]["calls"], "compose_ms": body["synthesis_ms"],
+            "expert_output_tokens": sum(e["output_tokens"] for e in body["usage"]["experts"].values())}
+
+
+def breakdown(rows: list[dict]) -> dict:
+    """Per strategy, the median of each part of :func:`timings`."""
+    return {strategy: {part: round(statistics.median(r["timings"][part] for r in mine), 1)
+                       for part in mine[0]["timings"]}
+            for strategy in STRATEGIES if (mine := [r for r in rows if r["strategy"] == strategy])}
+
+
 def quality(work: Path, limit: int | None = None) -> dict:
     tasks = yaml.safe_load((HERE / "quality_tasks.yaml").read_text())
     if limit:  # evenly spread over the set, so a quick run still sees every kind of task
@@ -84,13 +105,13 @@ def quality(work: Path, limit: int | None = None) -> dict:
                 rows.append({"task": item["task"], "strategy": strategy, "expected": item["experts"],
                              "latency_s": round(time.perf_counter() - started, 2), "experts": body["experts"],
                              "response": body["response"], "why": body["checks"]["why"],
-                             "relevance": body["checks"]["expert_relevance"],
+                             "relevance": body["checks"]["expert_relevance"], "timings": timings(body),
                              **score(embed, item["task"], body, item["experts"])})
     finally:
         orch.stop()
         ai.stop()
         law.stop()
-    return {"tasks": len(tasks), "summary": summarize(rows), "rows": rows}
+    return {"tasks": len(tasks), "summary": summarize(rows), "breakdown": breakdown(rows), "rows": rows}
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -135,6 +156,12 @@ def report(q: dict) -> None:
     print(f"{'strategy':>8} | " + " | ".join(cols) + " | paths")
     for strategy, s in q["summary"].items():
         print(f"{strategy:>8} | " + " | ".join(str(s[c]) for c in cols) + f" | {s['paths']}")
+    print("\n== Where /integrate's time goes on those tasks (medians, ms; from each run's own steps and usage) ==")
+    parts = ("total_ms", "before_first_ms", "consult_wall_ms", "consult_sum_ms", "consultations", "own_model_ms",
+             "own_model_calls", "compose_ms", "expert_output_tokens")
+    print(f"{'strategy':>8} | " + " | ".join(parts))
+    for strategy, b in q["breakdown"].items():
+        print(f"{strategy:>8} | " + " | ".join(str(b[p]) for p in parts))
 
 
 def main() -> None:
