@@ -46,7 +46,7 @@ class ExpertClient:
     def _request(self, method: str, path: str, timeout=None, **kwargs) -> requests.Response:
         url = f"{self.base_url}{path}"
         try:
-            return self._http.request(method, url, headers=tracing.inject(dict(self._headers)),
+            return self._http.request(method, url, headers=tracing.inject(self._headers),
                                       timeout=timeout or self.timeout, **kwargs)
         except requests.ConnectionError as exc:
             # urllib3 says 'Connection aborted' when the request went out and the connection broke before the
@@ -100,7 +100,7 @@ class ExpertClient:
         from a2a.helpers.proto_helpers import get_artifact_text, get_message_text, new_text_message
         from a2a.types.a2a_pb2 import Role, SendMessageRequest, TaskState
 
-        headers = tracing.inject(dict(self._headers))  # this thread's span, before the event loop runs
+        headers = tracing.inject(self._headers)  # this thread's span, before the event loop runs
 
         async def ask() -> str:
             timeout = httpx.Timeout(self.timeout[1], connect=self.timeout[0])

@@ -68,9 +68,12 @@ def enabled() -> bool:
 
 # ---- context across processes -------------------------------------------------------------------------------------
 def inject(headers: dict[str, str]) -> dict[str, str]:
-    """``headers`` plus the current span's ``traceparent`` (and ``tracestate``) when a span is recording."""
-    if _state["on"]:
-        propagate.inject(headers)
+    """``headers`` plus the current span's ``traceparent`` (and ``tracestate``), as a new dict, when tracing is on;
+    ``headers`` themselves otherwise."""
+    if not _state["on"]:
+        return headers
+    headers = dict(headers)
+    propagate.inject(headers)
     return headers
 
 
@@ -120,9 +123,9 @@ def record_usage(span: Span, input_tokens: int, output_tokens: int) -> None:
     span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
 
 
-def failed(span: Span, message: str) -> None:
+def failed(span: Span, message: str, error_type: str) -> None:
     span.set_status(Status(StatusCode.ERROR, message))
-    span.set_attribute("error.type", "expert_error")
+    span.set_attribute("error.type", error_type)
 
 
 # ---- what a run's own model calls add up to -------------------------------------------------------------------------
@@ -215,6 +218,5 @@ def _end(span: Span, model: str, result: GenerationResult | None, error: EngineE
                 [{"role": "assistant", "content": result.text, "finish_reason": result.finish_reason}],
                 ensure_ascii=False))
     if error is not None:
-        span.set_status(Status(StatusCode.ERROR, str(error)))
-        span.set_attribute("error.type", type(error).__name__)
+        failed(span, str(error), type(error).__name__)
     span.end()

@@ -49,7 +49,7 @@ class RunTrace:
                 answer = expert.client.chat(question, timeout_s=self.remaining_s(), max_new_tokens=max_new_tokens)
             except ExpertError as exc:
                 observation = f"{exc} (continue with the other experts)"
-                tracing.failed(span, str(exc))
+                tracing.failed(span, str(exc), "expert_error")
             else:
                 observation = answer.response
                 tracing.record_usage(span, answer.usage.prompt_tokens, answer.usage.completion_tokens)

@@ -175,8 +175,7 @@ class RemoteEngine:
         stream = self._client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True},
                                                       timeout=gen.request.timeout_s)
         prompt_tokens = completion_tokens = 0
-        usage_seen = False
-        finish_reason = None
+        usage_seen = server_ended = False
         with stream:
             for chunk in stream:
                 if gen.cancelled:
@@ -185,18 +184,18 @@ class RemoteEngine:
                 for choice in chunk.choices or []:
                     text = (choice.delta.content if choice.delta else None) or ""
                     completion_tokens += 1 if text else 0
-                    finish_reason = choice.finish_reason or finish_reason
+                    server_ended = server_ended or choice.finish_reason is not None
                     gen.push(out.feed(text, completion_tokens, choice.finish_reason))
                 if chunk.usage is not None:
                     usage_seen = True
                     prompt_tokens, completion_tokens = chunk.usage.prompt_tokens, chunk.usage.completion_tokens
-                if out.finish_reason is not None and finish_reason is None:
+                if out.finish_reason is not None and not server_ended:
                     break  # a stop string or the loop guard ended it here; the server's remaining tokens are unwanted
         if out.finish_reason is None:  # the stream ended without a finish reason: the text so far is the answer
             gen.push(out.feed("", completion_tokens, "stop"))
         if not usage_seen:
             log.debug("remote server %s sent no usage; completion tokens counted from its chunks", self.base_url)
-        gen.finish(prompt_tokens, completion_tokens, out.finish_reason or "stop", out.looped)
+        gen.finish(prompt_tokens, completion_tokens, out.finish_reason, out.looped)
 
     def _checked(self, gen: Generation, kwargs: dict, wire: Wire) -> None:
         """Ask, check the whole answer against the constraint, ask once more if it broke it, then answer or refuse."""
