@@ -13,6 +13,7 @@ from agents.personas import get_persona
 from agents.service import ExpertService
 from agents.sessions import SessionStore
 from common import a2a, tracing
+from common.database import Database
 from common.embedding import choose_embedder
 from common.engine import start_engine
 from common.errors import BadRequest
@@ -113,8 +114,9 @@ def create_app(settings: AgentSettings | None = None, engine=None, embedder=None
         engine = start_engine(settings)
     app = Flask(__name__, static_folder=None)
     metrics = install(app, settings, persona.id, f"Conclave expert: {persona.name}")
-    sessions = SessionStore(settings.data_dir / f"sessions-{persona.id}.sqlite3", settings.retain_days)
-    knowledge = Knowledge(open_store(settings.knowledge_store, settings.data_dir, persona.id),
+    db = Database(settings.database(f"sessions-{persona.id}.sqlite3"))
+    sessions = SessionStore(db, settings.retain_days)
+    knowledge = Knowledge(open_store(settings.knowledge_store or settings.database_url, settings.data_dir, persona.id),
                           embedder or (lambda: choose_embedder(settings.knowledge_embedder)), settings.knowledge_top_k,
                           settings.knowledge_min_score)
     knowledge.start(persona.knowledge_files(), persona.catalog_dir)
@@ -138,5 +140,5 @@ def create_app(settings: AgentSettings | None = None, engine=None, embedder=None
     app.register_blueprint(ops)
     app.register_blueprint(api)
     a2a.mount(app, service.a2a_turn, service.card_proto(settings.public_url or f"http://{settings.host}"),
-              settings.data_dir / f"a2a-{persona.id}.sqlite3", settings.api_key)
+              db, persona.id, settings.api_key)
     return app

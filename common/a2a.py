@@ -15,16 +15,17 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import flask
 from a2a.helpers.proto_helpers import get_message_text, new_task_from_user_message, new_text_message, new_text_part
 from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.cluster import DatabaseTaskEventStream, VersionedDatabaseTaskStore
 from a2a.server.events import EventQueue
+from a2a.server.owner_resolver import resolve_user_scope
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.request_handlers.response_helpers import agent_card_to_dict
 from a2a.server.routes import create_jsonrpc_routes
-from a2a.server.tasks import DatabaseTaskStore, TaskUpdater
+from a2a.server.tasks import TaskUpdater
 from a2a.types.a2a_pb2 import (
     AgentCapabilities,
     AgentCard,
@@ -39,7 +40,6 @@ from a2a.types.a2a_pb2 import (
     TaskState,
 )
 from google.protobuf.json_format import MessageToDict
-from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
@@ -47,6 +47,7 @@ from starlette.responses import JSONResponse
 
 from common import tracing
 from common.asgi import mount as asgi_mount
+from common.database import Database
 from common.protocol import A2A_VERSION_HEADER, CONCLAVE_EXTENSION
 from common.protocol import AgentCard as CardSchema
 from common.web import Api, cacheable
@@ -203,11 +204,18 @@ def serve_card(api: Api, card_for: Callable[[str], AgentCard]) -> None:
         api.op("get", path, summary, response_model=CardSchema)(agent_card)
 
 
-def mount(flask_app, turn: Turn, card: AgentCard, db_path: Path, api_key: str | None) -> None:
-    """Serve A2A JSON-RPC at ``/a2a`` beside the Flask routes (a2wsgi runs the SDK's ASGI app in the WSGI server)."""
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    store = DatabaseTaskStore(create_async_engine(f"sqlite+aiosqlite:///{db_path}"), create_table=True)
-    handler = DefaultRequestHandler(agent_executor=TurnExecutor(turn), task_store=store, agent_card=card)
+def mount(flask_app, turn: Turn, card: AgentCard, db: Database, service: str, api_key: str | None) -> None:
+    """Serve A2A JSON-RPC at ``/a2a`` beside the Flask routes (a2wsgi runs the SDK's ASGI app in the WSGI server).
+
+    Tasks live in the service's database (its migrations made the tables) in the SDK's cluster store: any replica
+    answers ``tasks/get`` for a task another replica runs, and a ``tasks/cancel`` there is written to the shared
+    state, which the running replica sees at its next update and stops. Each service sees only its own tasks (the
+    owner is the service and the caller), even when several share one database."""
+    engine = db.async_engine()
+    store = VersionedDatabaseTaskStore(engine, create_table=False,
+                                       owner_resolver=lambda context: f"{service}:{resolve_user_scope(context)}")
+    handler = DefaultRequestHandler(agent_executor=TurnExecutor(turn), task_store=store, agent_card=card,
+                                    event_stream=DatabaseTaskEventStream(engine, create_table=False))
     middleware = [Middleware(Bearer, expected=f"Bearer {api_key}".encode())] if api_key else []
     middleware.append(Middleware(JsonOnly))
     asgi = Starlette(routes=create_jsonrpc_routes(handler, rpc_url="/", enable_v0_3_compat=True),

@@ -76,6 +76,11 @@ class WebSettings(BaseSettings):
     api_key: str | None = Field(None, description="When set, every endpoint but /health needs 'Bearer <key>'.")
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Larger request bodies get 413.")
     data_dir: Path = Field(DEFAULT_DATA_DIR, description="SQLite databases live here.")
+    database_url: str | None = Field(
+        None, validation_alias="DATABASE_URL",
+        description="Where runs, sessions and A2A tasks are kept: a postgresql://user:pass@host/db URL shared by every "
+        "replica (and the experts' knowledge bases, unless KNOWLEDGE_STORE names another), or sqlite:///path. "
+        "Unset: an SQLite file per service in DATA_DIR.")
     log_level: str = "INFO"
     public_url: str | None = Field(None, description="The service's URL as others reach it, written in its A2A "
                                    "agent card; default: the URL the card was asked at.")
@@ -91,7 +96,11 @@ class WebSettings(BaseSettings):
     allow_no_api_key: bool = Field(
         False, description="Listen on a non-loopback address without API_KEY: only on a network you trust.")
 
-    @field_validator("api_key")
+    def database(self, default_file: str) -> str:
+        """The database URL: DATABASE_URL, else ``default_file`` in DATA_DIR (the file the service always used)."""
+        return self.database_url or f"sqlite:///{(self.data_dir / default_file).resolve()}"
+
+    @field_validator("api_key", "database_url")
     @classmethod
     def _empty_key_is_none(cls, value: str | None) -> str | None:
         return value or None
@@ -142,8 +151,8 @@ class AgentSettings(WebSettings, EngineSettings):
     max_history_length: int = Field(10, ge=2, le=20, validation_alias="MAX_HISTORY_LENGTH")
     knowledge_store: str | None = Field(
         None, validation_alias="KNOWLEDGE_STORE",
-        description="A postgresql:// URL to keep the knowledge base in Postgres with pgvector; unset: SQLite with "
-        "sqlite-vec in DATA_DIR.")
+        description="A postgresql:// URL to keep the knowledge base in Postgres with pgvector (default: DATABASE_URL "
+        "when it is one); otherwise SQLite with sqlite-vec in DATA_DIR.")
     knowledge_top_k: int = Field(3, ge=1, le=20, validation_alias="KNOWLEDGE_TOP_K",
                                  description="Passages retrieved for each question.")
     knowledge_embedder: Literal["auto", "e5", "minilm"] = Field(

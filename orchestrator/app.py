@@ -4,6 +4,7 @@ blueprint, A2A and MCP, put together by ``create_app``."""
 from __future__ import annotations
 
 import functools
+import socket
 import threading
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from flask import Flask, current_app, request
 
 from common import __version__, a2a, asgi
 from common.client import ExpertClient
+from common.database import Database
 from common.embedding import choose_embedder
 from common.engine import start_engine
 from common.errors import BadRequest, NotFound
@@ -78,11 +80,14 @@ def create_app(settings: OrchestratorSettings | None = None, llm=None, experts: 
     embedder = functools.cache(choose_embedder)  # one model when the router and the judge name the same one
     router_factory = router_factory or (lambda: Router(embedder(settings.router_embedder)))
     judge_factory = judge_factory or (lambda: embedder(settings.judge_embedder))
-    runs = RunStore(settings.data_dir / "runs.sqlite3", settings.retain_days)
+    db = Database(settings.database("runs.sqlite3"))
+    # a replica's name is stable across its restarts (host and port), so at start it fails what its last life left
+    runs = RunStore(db, f"{socket.gethostname()}:{settings.orchestrator_port}", settings.retain_days)
+    runs.start_heartbeat()
     service = Orchestrator(settings, engine, experts, router_factory, runs, judge_factory, metrics)
     app.extensions["orchestrator"] = service
     app.extensions["engine"] = engine
-    app.extensions["shutdown"] = [service.shutdown, engine.stop]  # on SIGTERM (common/serve.py)
+    app.extensions["shutdown"] = [service.shutdown, engine.stop, runs.stop]  # on SIGTERM (common/serve.py)
 
     def card(base_url: str):
         return a2a.agent_card(PANEL_NAME, "A panel of expert agents that answers as one.",
@@ -96,6 +101,6 @@ def create_app(settings: OrchestratorSettings | None = None, llm=None, experts: 
     app.register_blueprint(ops)
     app.register_blueprint(api)
     a2a.mount(app, service.a2a_turn, card(settings.public_url or f"http://{settings.host}"),
-              settings.data_dir / "a2a-orchestrator.sqlite3", settings.api_key)
+              db, "orchestrator", settings.api_key)
     asgi.mount(app, mcp.MCP_PATH, mcp.build(service, experts, settings, __version__), lifespan=True)
     return app

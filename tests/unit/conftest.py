@@ -39,3 +39,12 @@ def live_expert(tmp_path):
     yield start
     for expert in started:
         expert.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A real Postgres with pgvector (the pgserver wheel bundles both), for the stores' server path."""
+    pgserver = pytest.importorskip("pgserver", reason="pgserver is not installed (requirements-dev.txt)")
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield server.get_uri()
+    server.cleanup()

@@ -26,15 +26,6 @@ A processor must notify the controller without undue delay.
 """
 
 
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
-    """A real Postgres with pgvector (the pgserver wheel bundles both), for the server path of the store."""
-    pgserver = pytest.importorskip("pgserver", reason="pgserver is not installed (requirements-dev.txt)")
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
-    yield server.get_uri()
-    server.cleanup()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.servers)])
 def knowledge(request, tmp_path):
     """A knowledge base on each store: the same tests hold for SQLite and Postgres."""

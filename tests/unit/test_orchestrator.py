@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 
 import pytest
+import sqlalchemy as sa
 
 from common.engine.checking import satisfies
 from common.engine.types import CONSTRAINT_KINDS, Constraint
@@ -330,47 +330,6 @@ def test_a_cancelled_run_asks_no_further_expert_and_composes_nothing(tmp_path, l
     assert service.runs.list(1)[0].status == "failed"
 
 
-def test_runs_left_running_by_a_crash_are_failed_at_start_up(tmp_path):
-    import time
-
-    from common.protocol import RunRecord
-    from orchestrator.runs import RunStore
-
-    store = RunStore(tmp_path / "runs.sqlite3")
-    store.save(RunRecord(response="", run_id="r1", strategy="react", experts=[], steps=[], elapsed_ms=0, task="t",
-                         created_at=time.time(), status="running"))
-    again = RunStore(tmp_path / "runs.sqlite3")  # the orchestrator starting again
-    record = again.get("r1")
-    assert record.status == "failed" and "interrupted" in record.error
-
-
-def test_runs_and_turns_older_than_the_retention_are_deleted_as_new_ones_are_written(tmp_path):
-    from agents.sessions import SessionStore
-    from common.protocol import RunRecord
-    from orchestrator.runs import RunStore
-
-    def run(run_id, age_days, status="done"):
-        return RunRecord(response="", run_id=run_id, strategy="react", experts=[], steps=[], elapsed_ms=0, task="t",
-                         created_at=time.time() - age_days * 86400, status=status)
-
-    store = RunStore(tmp_path / "runs.sqlite3", retain_days=7)
-    for r in (run("old", 8), run("old-but-running", 8, "running"), run("recent", 6)):
-        store.save(r)
-    store.save(run("new", 0))
-    assert {r.run_id for r in store.list()} == {"old-but-running", "recent", "new"}
-    forever = RunStore(tmp_path / "forever.sqlite3")
-    forever.save(run("old", 800))
-    forever.save(run("new", 0))
-    assert len(forever.list()) == 2
-
-    sessions = SessionStore(tmp_path / "s.sqlite3", retain_days=7)
-    sessions.append_exchange("p", "a", "q", "x")
-    with sqlite3.connect(tmp_path / "s.sqlite3") as db:
-        db.execute("UPDATE turns SET created_at = created_at - 8 * 86400")
-    sessions.append_exchange("p", "b", "q", "y")
-    assert sessions.history("p", "a") == [] and len(sessions.history("p", "b")) == 2
-
-
 def _counting_server(replies):
     """A raw HTTP server on a free port that answers each request with the next of ``replies`` (bytes, or None to
     drop the connection once the request is read); returns (url, requests seen)."""
@@ -478,37 +437,23 @@ def test_run_timeout_is_a_deadline_every_model_call_and_expert_gets_only_what_is
     assert brain.requests and all(r.timeout_s <= 30 for r in brain.requests)  # asked after the first's second
 
 
-def test_a_damaged_database_is_named_with_what_to_do():
-    import tempfile
-    from pathlib import Path
-
-    from common.sqlite import UnusableDatabase
-    from orchestrator.runs import RunStore
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "runs.sqlite3"
-        path.write_bytes(b"this is not a database" * 100)
-        with pytest.raises(UnusableDatabase, match="runs.sqlite3 is not a usable SQLite database.*move it aside"):
-            RunStore(path)
-
-
 def test_a_full_disk_keeps_what_was_stored_and_says_so(tmp_path, live_expert):
     """SQLite's own 'database or disk is full' (its page limit reached) is a StorageFull naming the file, and the
     rows written before it are intact. A run whose record cannot be saved still gives its answer, says it was not
     stored, and a stream ends with the reason; a run that cannot even be started is a 507."""
+    from common.database import Database, file_url
     from common.errors import StorageFull
     from common.protocol import RunRecord
     from orchestrator.runs import RunStore
 
-    store = RunStore(tmp_path / "full.sqlite3")
-    connect = store._connect
+    store = RunStore(Database(file_url(tmp_path / "full.sqlite3")), "here:5002")
+    store.db.engine.dispose()
 
-    def small_disk():
-        db = connect()
-        db.execute("PRAGMA max_page_count = 8")
-        return db
+    @sa.event.listens_for(store.db.engine, "connect")
+    def small_disk(connection, _record):  # eight more pages than the file has now
+        pages = connection.execute("PRAGMA page_count").fetchone()[0]
+        connection.execute(f"PRAGMA max_page_count = {pages + 8}")
 
-    store._connect = small_disk
     saved = []
     with pytest.raises(StorageFull, match="full.sqlite3"):
         for i in range(1000):
