@@ -17,13 +17,20 @@ from urllib3.util.retry import Retry
 from common import tracing
 from common.protocol import A2A_VERSION_HEADER, AgentCard, ChatResponse
 
+# 429/503: the expert's queue was full or it was not ready; 502: a load balancer's backend died before answering
+UNANSWERED_STATUS = (429, 502, 503)
+
 
 class ExpertError(Exception):
     """An expert could not answer. The message names the expert and the reason, fit to show an agent or a user."""
 
-    def __init__(self, expert: str, reason: str, status: int | None = None):
+    def __init__(self, expert: str, reason: str, status: int | None = None, unanswered: bool = False):
         super().__init__(f"expert {expert} failed: {reason}")
         self.expert, self.reason, self.status = expert, reason, status
+        # the expert gave no answer and will give none: it could not be reached, it dropped the connection without
+        # a response (it died), or it (or the load balancer before it) said it cannot take the request. Another
+        # replica may be asked: the user gets one answer, never two.
+        self.unanswered = unanswered or status in UNANSWERED_STATUS
 
 
 class ExpertClient:
@@ -52,7 +59,7 @@ class ExpertClient:
             # urllib3 says 'Connection aborted' when the request went out and the connection broke before the
             # answer was read: the expert may have acted on it (so it is not sent again, see Retry above)
             what = "lost the connection to" if "aborted" in str(exc) else "cannot connect to"
-            raise ExpertError(self.name, f"{what} {url} ({_short(exc)})") from None
+            raise ExpertError(self.name, f"{what} {url} ({_short(exc)})", unanswered=True) from None
         except requests.Timeout:
             raise ExpertError(self.name, f"no answer from {url} within {self.timeout[1]:g}s") from None
         except requests.RequestException as exc:

@@ -1,13 +1,15 @@
-"""Discovery: each expert's agent card becomes a named expert with a client; missing ones are retried later."""
+"""Discovery: each expert's agent card becomes a named expert with a client; missing ones are retried later.
+URLs whose cards name the same persona of ours are replicas of one expert, and consultations are spread over them."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from common.client import ExpertClient, ExpertError
 from common.protocol import AgentCard, ExpertStatus
@@ -26,12 +28,80 @@ def tool_name(card: AgentCard) -> str:
     return re.sub(r"[^a-z0-9]+", "_", (persona or card.name).lower()).strip("_") or "expert"
 
 
+class Replicas:
+    """One expert served at several URLs (or one: then it is just that client). Consultations go round-robin over
+    the replicas that are up; one that answered nothing (unreachable, killed mid-answer, not ready, queue full) is
+    passed over until it is seen ready again, and the question goes to the next, so a lost replica costs the user
+    a slower step, not a failed one. An answer that came back, or a wait that timed out (the replica may still be
+    answering), is never asked again elsewhere."""
+
+    def __init__(self, client: ExpertClient):
+        self.clients = [client]
+        self._down: set[str] = set()
+        self._turn = itertools.count()
+        self._lock = threading.Lock()
+
+    def add(self, client: ExpertClient) -> None:
+        with self._lock:
+            client.name, client.a2a = self.name, self.a2a
+            self.clients.append(client)
+
+    @property
+    def name(self) -> str:
+        return self.clients[0].name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        for client in self.clients:
+            client.name = value
+
+    @property
+    def a2a(self) -> bool:
+        return self.clients[0].a2a
+
+    @a2a.setter
+    def a2a(self, value: bool) -> None:
+        for client in self.clients:
+            client.a2a = value
+
+    def mark(self, url: str, up: bool) -> None:
+        with self._lock:
+            (self._down.discard if up else self._down.add)(url)
+
+    def _order(self) -> list[ExpertClient]:
+        """Every replica, starting at the next one's turn, those that are up first."""
+        with self._lock:
+            start = next(self._turn) % len(self.clients)
+            turn = self.clients[start:] + self.clients[:start]
+            return sorted(turn, key=lambda c: c.base_url in self._down)
+
+    def chat(self, intent: str, timeout_s: float | None = None, **fields):
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        failure = None
+        for client in self._order():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            try:
+                answer = client.chat(intent, timeout_s=left, **fields)
+            except ExpertError as exc:
+                if not exc.unanswered:
+                    raise
+                self.mark(client.base_url, up=False)
+                failure = failure or exc
+                continue
+            self.mark(client.base_url, up=True)
+            return answer
+        raise failure or ExpertError(self.name, "the run's time ran out before a replica could be asked")
+
+
 @dataclass
 class Expert:
     name: str
     url: str
     card: AgentCard
-    client: ExpertClient
+    client: Replicas
+    urls: list[str] = field(default_factory=list)
 
     @property
     def description(self) -> str:
@@ -77,11 +147,21 @@ class ExpertRegistry:
         except ExpertError:
             return None
         with self._lock:
-            expert = Expert(self._unique_name(tool_name(card), url), url, card, client)
-            client.name = expert.name
+            if url in self._experts:
+                return self._experts[url]
+            name = tool_name(card)
+            same = next((e for e in self._experts.values() if e.name == name and e.card.conclave), None)
+            if same is not None and card.conclave:  # another replica of one of our personas
+                same.client.add(client)
+                same.urls.append(url)
+                self._experts[url] = same
+                return same
+            expert = Expert(self._unique_name(name, url), url, card, Replicas(client), [url])
+            expert.client.name = expert.name
             # another team's agent is asked over A2A; ours over /chat, which carries sources, unless told otherwise
-            client.a2a = self.transport == "a2a" or not card.conclave
-            return self._experts.setdefault(url, expert)
+            expert.client.a2a = self.transport == "a2a" or not card.conclave
+            self._experts[url] = expert
+            return expert
 
     def _unique_name(self, name: str, url: str) -> str:
         taken = {e.name for u, e in self._experts.items() if u != url}
@@ -95,8 +175,10 @@ class ExpertRegistry:
         if self._polling:
             self._first_round.wait(FIRST_ROUND_WAIT_S)
             with self._lock:
-                return [self._experts[u] for u in self.urls if u in self._experts]
-        return [e for e in (self._discover(u) for u in self.urls) if e is not None]
+                found = [self._experts[u] for u in self.urls if u in self._experts]
+        else:
+            found = [e for e in (self._discover(u) for u in self.urls) if e is not None]
+        return list({id(e): e for e in found}.values())  # replicas are one expert
 
     def select(self, names: list[str] | None, experts: list[Expert] | None = None) -> list[Expert]:
         experts = self.known() if experts is None else experts
@@ -115,8 +197,10 @@ class ExpertRegistry:
         out = []
         for url in self.urls:
             expert = self._discover(url)
-            client = expert.client if expert else self._make_client(url)
+            client = next(c for c in expert.client.clients if c.base_url == url) if expert else self._make_client(url)
             ready, why = client.ready()
+            if expert:
+                expert.client.mark(url, ready)
             out.append(ExpertStatus(
                 name=expert.name if expert else url, url=url, description=expert.description if expert else "",
                 healthy=expert is not None or ready, ready=ready, detail=why))
