@@ -8,7 +8,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
 .PHONY: install install-dev run first-start test test-unit bench soak lint clean up down compose-config compose-e2e \
-	e2e-browser e2e-servers e2e-conformance
+	e2e-browser e2e-servers e2e-conformance e2e-scale
 
 install: $(STAMP)
 $(STAMP): requirements.txt requirements-nodeps.txt
@@ -47,6 +47,10 @@ e2e-browser: install-dev ## headless chromium against real services
 
 e2e-servers: install-dev ## real peer servers: llama-server (built once, cached in ~/.cache/conclave), Postgres+pgvector
 	$(PY) -m pytest -m servers -o addopts="" -s tests $(PYTEST_ARGS)
+
+e2e-scale: install-dev ## Postgres (pgserver), two expert and two orchestrator replicas behind Debian's haproxy
+	command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || (apt-get update -qq && apt-get install -y -qq haproxy)
+	$(PY) -m pytest -m scale -o addopts="" -s tests/e2e/test_scale.py $(PYTEST_ARGS)
 
 e2e-conformance: install-dev ## MCP conformance suite, MCP inspector CLI, @a2a-js/sdk client; the A2A TCK if A2A_TCK_DIR
 	command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs npm)

@@ -110,8 +110,9 @@ def create_app(settings: AgentSettings | None = None, engine=None, embedder=None
     ``embedder`` (a factory of a texts -> vectors function) defaults to MiniLM, loaded when first needed."""
     settings = settings or AgentSettings()
     persona = get_persona(settings.persona, settings.personas_file)
-    if engine is None:
-        engine = start_engine(settings)
+    if engine is None:  # a persona with its own adapter asks the shared server for it by name
+        engine = start_engine(settings.model_copy(update={"remote_model": persona.remote_model})
+                              if persona.remote_model and settings.remote_url else settings)
     app = Flask(__name__, static_folder=None)
     metrics = install(app, settings, persona.id, f"Conclave expert: {persona.name}")
     db = Database(settings.database(f"sessions-{persona.id}.sqlite3"))

@@ -22,6 +22,9 @@ class Persona(BaseModel):
     skills: list[AgentSkill] = []
     knowledge: list[str] = Field([], description="Globs of documents (Markdown, text, HTML, PDF) the expert knows, "
                                  "relative to the catalog file; ingested at start-up when they changed.")
+    remote_model: str | None = Field(
+        None, description="With REMOTE_URL: the model this persona asks the server for instead of REMOTE_MODEL, e.g. "
+        "its own fine-tune served as a LoRA adapter on the shared base (a name from vLLM's --lora-modules).")
     catalog_dir: Path = Field(DEFAULT_CATALOG.parent, exclude=True)
 
     def knowledge_files(self) -> list[Path]:

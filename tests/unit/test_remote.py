@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import httpx
 import openai
@@ -268,3 +269,46 @@ def test_llamacpp_gets_tool_calls_as_gbnf_that_admits_only_valid_calls():
     assert not satisfies(ebnf, call.replace('"days": 2', '"days": 0'))
     auto = tools.tool_constraint([weather], "auto", parallel=True)
     assert DIALECTS["llamacpp"].wire(auto, "http://h/v1").fields == {}  # asked free, checked afterwards
+
+
+# vLLM's chat completion parameters as its docs list them (OpenAI's, then vLLM's "extra parameters"); a body with any
+# other key is one vLLM would refuse or ignore
+VLLM_CHAT_PARAMETERS = {
+    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "stream",
+    "stream_options", "n", "seed", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs",
+    "response_format", "tools", "tool_choice", "user", "best_of", "use_beam_search", "top_k", "min_p",
+    "repetition_penalty", "length_penalty", "stop_token_ids", "include_stop_str_in_output", "ignore_eos", "min_tokens",
+    "skip_special_tokens", "spaces_between_special_tokens", "truncate_prompt_tokens", "prompt_logprobs",
+    "structured_outputs", "echo", "add_generation_prompt", "continue_final_message", "add_special_tokens",
+    "chat_template", "chat_template_kwargs", "priority", "request_id", "cache_salt"}
+VLLM_STRUCTURED_OUTPUTS = {"json", "regex", "choice", "grammar", "structural_tag", "json_object"}
+
+
+def test_a_persona_with_its_own_lora_adapter_asks_the_shared_vllm_server_for_it(tmp_path):
+    """Personas that differ by prompt share REMOTE_MODEL; one whose catalog entry names ``remote_model`` (its
+    fine-tune, served by vLLM's --lora-modules on the same base) asks for that, in bodies vLLM's API takes."""
+    import yaml
+
+    from agents.app import create_app
+    from common.settings import AgentSettings
+    from tests.fakes import WordsEmbedder
+
+    catalog = yaml.safe_load((Path(__file__).resolve().parents[2] / "agents" / "personas.yaml").read_text())
+    for entry in catalog.values():
+        entry["knowledge"] = []
+    catalog["law_expert"]["remote_model"] = "law-lora"
+    (tmp_path / "personas.yaml").write_text(yaml.safe_dump(catalog))
+    engines = {}
+    for persona in ("law_expert", "ai_expert"):
+        settings = AgentSettings(persona=persona, personas_file=tmp_path / "personas.yaml", data_dir=tmp_path / persona,
+                                 remote_url="http://127.0.0.1:9/v1", remote_model="panel-model", remote_dialect="vllm")
+        engines[persona] = create_app(settings, embedder=WordsEmbedder).extensions["engine"]
+    assert engines["law_expert"].model_name == "law-lora" and engines["ai_expert"].model_name == "panel-model"
+    request = GenerationRequest(messages=[{"role": "user", "content": "Binding?"}], max_new_tokens=8, stop=["\n\n"],
+                                repetition_penalty=1.2, constraint=CONSTRAINTS["json"])
+    kwargs, _ = engines["law_expert"].body(request)
+    body = {k: v for k, v in kwargs.items() if k != "extra_body"} | kwargs.get("extra_body", {})
+    assert body["model"] == "law-lora" and set(body) <= VLLM_CHAT_PARAMETERS, set(body) - VLLM_CHAT_PARAMETERS
+    assert set(body["structured_outputs"]) <= VLLM_STRUCTURED_OUTPUTS
+    for engine in engines.values():
+        engine.stop()
