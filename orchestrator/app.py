@@ -57,6 +57,12 @@ def runs_list():
     return RunList(runs=orchestrator().runs.list(int(limit))).model_dump()
 
 
+@api.op("get", "/runs/{run_id}/events", "Follow a run, from any replica: server-sent events as /integrate's stream "
+        "(start, each observation as it is stored, then final or error)", stream=True)
+def run_events(run_id: str):
+    return sse(event.wire() for event in orchestrator().follow(check_id(run_id, "run id")))
+
+
 @api.op("get", "/runs/{run_id}", "One stored run", response_model=RunRecord)
 def run_get(run_id: str):
     record = orchestrator().runs.get(check_id(run_id, "run id"))

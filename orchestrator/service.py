@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from common import tracing
 from common.a2a import Progress
 from common.embedding import SentenceEmbedder
-from common.errors import BadRequest, Busy, StorageFull, Unavailable
+from common.errors import BadRequest, Busy, ConclaveError, NotFound, StorageFull, Unavailable
 from common.metrics import Metrics
 from common.protocol import (
     AgentSkill,
@@ -146,7 +146,20 @@ class Orchestrator:
     def _run_traced(self, req: IntegrateRequest, experts, ranking, emit: Emit,
                     cancelled: threading.Event | None, run_id: str, ledger: tracing.Ledger) -> IntegrateResponse:
         started, created = time.perf_counter(), time.time()
-        trace = RunTrace(emit=emit, cancelled=cancelled or threading.Event(),
+        saving = threading.Lock()
+
+        def progress(event: RunEvent) -> None:
+            """Each answered consultation is stored as it lands, so any replica can follow the run (``follow``)."""
+            if isinstance(event, Answered):
+                with saving:  # the panel's consultations answer from several threads: the newest steps win
+                    try:
+                        self.runs.save(record.model_copy(update={"steps": list(trace.steps),
+                                                                 "experts": list(trace.consulted)}))
+                    except StorageFull as exc:  # the run goes on; its end says whether it was kept
+                        log.error("run %s: %s", run_id, exc)
+            emit(event)
+
+        trace = RunTrace(emit=progress, cancelled=cancelled or threading.Event(),
                          deadline=time.monotonic() + self.settings.run_timeout_s, parent=tracing.current(),
                          started=started)
         record = RunRecord(response="", run_id=run_id, strategy=req.strategy, experts=[], steps=[], elapsed_ms=0,
@@ -225,6 +238,33 @@ class Orchestrator:
             elif isinstance(event, Failed):
                 raise RuntimeError(str(event.error))
 
+    def follow(self, run_id: str) -> Iterator[RunEvent]:
+        """A stored run's events, from whichever replica runs it: its start, each consultation as it is stored, then
+        its answer or its failure. Raises NotFound before the stream starts."""
+        record = self.runs.get(run_id)
+        if record is None:
+            raise NotFound(f"no run {run_id}")
+
+        def stream(record: RunRecord) -> Iterator[RunEvent]:
+            yield Started(run_id, record.strategy, (record.steps[0].ranking or []) if record.steps else [])
+            sent = 0
+            deadline = time.monotonic() + self.settings.run_timeout_s + 60
+            while True:
+                for step in record.steps[sent:]:
+                    yield Answered(step)
+                sent = len(record.steps)
+                if record.status == "done":
+                    fields = record.model_dump(include=set(IntegrateResponse.model_fields))
+                    yield Finished(IntegrateResponse.model_validate(fields))
+                    return
+                if record.status == "failed" or time.monotonic() > deadline:
+                    yield Failed(ConclaveError(record.error or "the run did not end in time", "run_failed"))
+                    return
+                time.sleep(FOLLOW_POLL_S)
+                record = self.runs.get(run_id) or record
+
+        return stream(record)
+
     def integrate_events(self, req: IntegrateRequest,
                          cancelled: threading.Event | None = None) -> Iterator[tuple[str, dict]]:
         """:meth:`events` as server-sent events: ``(name, data)`` pairs."""
@@ -268,6 +308,7 @@ class Orchestrator:
 
 
 _END = object()  # after a run's last event: what the events' reader stops at
+FOLLOW_POLL_S = 0.5  # how often a follower reads a run another replica (or this one) is writing
 
 PANEL_NAME = "Conclave panel"
 PANEL_SKILL = AgentSkill(

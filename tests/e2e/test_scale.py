@@ -5,6 +5,7 @@ continues, and killing an expert replica under load loses no run."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import threading
 import time
@@ -36,7 +37,7 @@ def stack(tmp_path_factory):
         stack.stop()
 
 
-def test_a_run_started_on_one_orchestrator_is_listed_and_read_on_the_other(stack):
+def test_a_run_started_on_one_orchestrator_is_listed_and_streamed_on_the_other(stack):
     one, two = (s.url for s in stack.orchestrator_services)
     started = {}
 
@@ -51,8 +52,13 @@ def test_a_run_started_on_one_orchestrator_is_listed_and_read_on_the_other(stack
         running = next((r for r in requests.get(f"{two}/runs", timeout=10).json()["runs"]
                         if r["status"] == "running" and r["task"] == TASK), None)
         time.sleep(0.2)
-    worker.join()
     assert running is not None, "the other orchestrator never listed the run while it ran"
+    followed = requests.get(f"{two}/runs/{running['run_id']}/events", timeout=600).text  # streamed from the other
+    worker.join()
+    events = [(b.split("\n")[0].removeprefix("event: "), json.loads(b.split("data: ", 1)[1]))
+              for b in followed.strip().split("\n\n")]
+    assert events[0][0] == "start" and events[-1][0] == "final" and {e for e, _ in events[1:-1]} == {"observation"}
+    assert events[-1][1]["response"] == started["body"]["response"]
     done = requests.get(f"{two}/runs/{started['body']['run_id']}", timeout=10).json()
     assert done["status"] == "done" and done["response"] == started["body"]["response"]
     assert "72 hours" in done["response"] or "breach" in done["response"].lower()

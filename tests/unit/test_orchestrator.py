@@ -247,6 +247,27 @@ def test_streaming_sends_each_step_as_it_happens(tmp_path, live_expert):
     assert events == ["start", "action", "observation", "final"]
 
 
+def test_another_replica_follows_a_run_as_it_goes_and_sees_its_end(tmp_path, live_expert):
+    """Two orchestrators on one database (replicas): a run streaming on one is followed on the other, its
+    consultations as they are stored, then the same final answer."""
+    law = live_expert("law_expert", "Article 28 requires a processing contract.", delay_s=1.0)
+    ai = live_expert("ai_expert", "Use encryption.", delay_s=1.5)
+    one, _ = make_client(tmp_path, [law.url, ai.url], [])
+    two, _ = make_client(tmp_path, [law.url, ai.url], [], orchestrator_port=5003)
+    stream = one.post("/integrate", json={"task": LAW_TASK, "stream": True, "strategy": "panel"}, buffered=False)
+    chunks = iter(stream.response)
+    first = next(chunks).decode()
+    run_id = json.loads(first.split("data: ", 1)[1])["run_id"]
+    followed = two.get(f"/runs/{run_id}/events").get_data(as_text=True)
+    own = first + b"".join(chunks).decode()
+    names = [b.split("\n")[0].removeprefix("event: ") for b in followed.strip().split("\n\n")]
+    assert names == ["start", "observation", "observation", "final"]
+    final = json.loads(followed.strip().split("\n\n")[-1].split("data: ", 1)[1])
+    assert final["response"] == json.loads(own.strip().split("\n\n")[-1].split("data: ", 1)[1])["response"]
+    assert final["run_id"] == run_id and len(final["steps"]) == 2
+    assert two.get("/runs/nope/events").status_code == 404
+
+
 def test_runs_are_stored_and_survive_a_new_app(tmp_path, live_expert):
     law = live_expert("law_expert", "Law.")
     client, _ = make_client(tmp_path, [law.url], [step("Ask.", "law_expert", LAW_TASK)])
