@@ -47,7 +47,7 @@ def ingest(argv: list[str]) -> None:
 
     files = sorted({f for p in args.paths for f in ([p] if p.is_file() else p.rglob("*"))
                     if f.is_file() and (p.is_file() or f.suffix.lower() in SUFFIXES)})
-    knowledge = Knowledge(open_store(settings.knowledge_store, settings.data_dir, persona.id),
+    knowledge = Knowledge(open_store(settings.knowledge_url, settings.data_dir, persona.id),
                           lambda: choose_embedder(settings.knowledge_embedder))
     failed = []
     with tqdm(files, unit="file", desc=f"ingesting into {persona.id}") as bar:

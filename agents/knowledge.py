@@ -3,9 +3,9 @@ common/embedding.py), stored and searched, and the answers that cite them.
 
 Two stores with one interface and the same SQL shape: SQLite with sqlite-vec by default (one file per expert beside
 its sessions, no server, safe across processes: the CLI ingests while the expert serves), and Postgres with pgvector
-(``KNOWLEDGE_STORE=postgresql://...``) for users who outgrow one machine or share one knowledge base between
-replicas. A KNN search over 10,000 chunks takes a few milliseconds in SQLite. Every write is one transaction, so a
-document is stored whole or not at all.
+(``DATABASE_URL`` or ``KNOWLEDGE_STORE=postgresql://...``) for users who outgrow one machine or share one knowledge
+base between replicas. A KNN search over 10,000 chunks takes a few milliseconds in SQLite. Every write is one
+transaction, so a document is stored whole or not at all.
 
 A store records the embedder its vectors come from. Vectors of two embedders cannot be compared, so when the
 embedder changes (a setting, or a store from before the record) every stored chunk is embedded again, in one
@@ -28,6 +28,7 @@ import sqlite_vec
 
 from agents.documents import Chunk, UnreadableDocument, chunks, read
 from common import language
+from common.database import Database
 from common.embedding import DIMENSIONS, SentenceEmbedder
 from common.text import cited, join_sentences, sentences, uncited
 
@@ -185,33 +186,15 @@ class KnowledgeStore:
                 for doc, title, ord_, lead, body, distance in rows]
 
 
-PG_SCHEMA = """
-CREATE EXTENSION IF NOT EXISTS vector;
-CREATE TABLE IF NOT EXISTS {documents} (
-    id TEXT PRIMARY KEY, source TEXT UNIQUE NOT NULL, title TEXT NOT NULL, sha256 TEXT NOT NULL,
-    chunks INTEGER NOT NULL, bytes INTEGER NOT NULL, added_at DOUBLE PRECISION NOT NULL);
-CREATE TABLE IF NOT EXISTS {chunks} (
-    id BIGSERIAL PRIMARY KEY, document_id TEXT NOT NULL REFERENCES {documents}(id) ON DELETE CASCADE,
-    ord INTEGER NOT NULL, lead TEXT NOT NULL, body TEXT NOT NULL, embedding vector({dimensions}) NOT NULL);
-CREATE INDEX IF NOT EXISTS {chunks_by_document} ON {chunks}(document_id);
-CREATE INDEX IF NOT EXISTS {chunks_by_vector} ON {chunks} USING hnsw (embedding vector_cosine_ops);
-CREATE TABLE IF NOT EXISTS {meta} (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
-
 class PgKnowledgeStore:
-    """The same store in Postgres with pgvector: tables ``knowledge_<persona>_documents`` and ``..._chunks``."""
+    """The same store in Postgres with pgvector: the knowledge tables every persona shares, keyed by persona (the
+    migrations make them: common/migrations)."""
+
+    DOCUMENT = "id, source, title, sha256, chunks, bytes, added_at"  # StoredDocument's fields, in order
 
     def __init__(self, url: str, persona: str):
-        from psycopg import sql
-
-        self.url, self._sql = url, sql
-        names = {k: sql.Identifier(f"knowledge_{persona}_{k}")
-                 for k in ("documents", "chunks", "chunks_by_document", "chunks_by_vector", "meta")}
-        self._names = names
+        self.url, self.persona = url, persona
         self._local = threading.local()
-        with self._db() as db:
-            db.execute(sql.SQL(PG_SCHEMA).format(**names, dimensions=sql.Literal(DIMENSIONS)))
 
     def _db(self):
         db = getattr(self._local, "db", None)
@@ -220,76 +203,80 @@ class PgKnowledgeStore:
             from pgvector.psycopg import register_vector
 
             db = psycopg.connect(self.url)
-            db.execute("CREATE EXTENSION IF NOT EXISTS vector")
-            db.commit()
             register_vector(db)
             self._local.db = db
         return db
 
-    def _q(self, text: str):
-        return self._sql.SQL(text).format(**self._names)
-
     def put(self, source: str, title: str, sha256: str, size: int, parts: list[Chunk], vectors: np.ndarray) -> str:
         doc = document_id(source)
         with self._db() as db:
-            db.execute(self._q("DELETE FROM {documents} WHERE id = %s"), (doc,))
-            db.execute(self._q("INSERT INTO {documents} VALUES (%s, %s, %s, %s, %s, %s, %s)"),
-                       (doc, source, title, sha256, len(parts), size, time.time()))
+            db.execute("DELETE FROM knowledge_documents WHERE persona = %s AND id = %s", (self.persona, doc))
+            db.execute(f"INSERT INTO knowledge_documents (persona, {self.DOCUMENT}) VALUES (%s, %s, %s, %s, %s, %s, "
+                       "%s, %s)", (self.persona, doc, source, title, sha256, len(parts), size, time.time()))
             with db.cursor() as cursor:
                 cursor.executemany(
-                    self._q("INSERT INTO {chunks} (document_id, ord, lead, body, embedding) "
-                            "VALUES (%s, %s, %s, %s, %s)"),
-                    [(doc, i, part.lead, part.body, np.asarray(vector, dtype=np.float32))
+                    "INSERT INTO knowledge_chunks (persona, document_id, ord, lead, body, embedding) "
+                    "VALUES (%s, %s, %s, %s, %s, %s)",
+                    [(self.persona, doc, i, part.lead, part.body, np.asarray(vector, dtype=np.float32))
                      for i, (part, vector) in enumerate(zip(parts, vectors, strict=True))])
         return doc
 
     def delete(self, doc: str) -> bool:
         with self._db() as db:
-            return db.execute(self._q("DELETE FROM {documents} WHERE id = %s"), (doc,)).rowcount > 0
+            return db.execute("DELETE FROM knowledge_documents WHERE persona = %s AND id = %s",
+                              (self.persona, doc)).rowcount > 0
 
     def documents(self) -> list[StoredDocument]:
         with self._db() as db:
-            return [StoredDocument(*row) for row in db.execute(self._q("SELECT * FROM {documents} ORDER BY source"))]
+            return [StoredDocument(*row) for row in db.execute(
+                f"SELECT {self.DOCUMENT} FROM knowledge_documents WHERE persona = %s ORDER BY source",
+                (self.persona,))]
 
     def get(self, doc: str) -> StoredDocument | None:
         with self._db() as db:
-            row = db.execute(self._q("SELECT * FROM {documents} WHERE id = %s"), (doc,)).fetchone()
+            row = db.execute(f"SELECT {self.DOCUMENT} FROM knowledge_documents WHERE persona = %s AND id = %s",
+                             (self.persona, doc)).fetchone()
         return StoredDocument(*row) if row else None
 
     def sha256_of(self, source: str) -> str | None:
         with self._db() as db:
-            row = db.execute(self._q("SELECT sha256 FROM {documents} WHERE source = %s"), (source,)).fetchone()
+            row = db.execute("SELECT sha256 FROM knowledge_documents WHERE persona = %s AND source = %s",
+                             (self.persona, source)).fetchone()
         return row[0] if row else None
 
     def count(self) -> int:
         with self._db() as db:
-            return db.execute(self._q("SELECT COUNT(*) FROM {chunks}")).fetchone()[0]
+            return db.execute("SELECT COUNT(*) FROM knowledge_chunks WHERE persona = %s",
+                              (self.persona,)).fetchone()[0]
 
     def embedder(self) -> str | None:
         with self._db() as db:
-            row = db.execute(self._q("SELECT value FROM {meta} WHERE key = 'embedder'")).fetchone()
+            row = db.execute("SELECT value FROM knowledge_meta WHERE persona = %s AND key = 'embedder'",
+                             (self.persona,)).fetchone()
         return row[0] if row else None
 
     def reembed(self, name: str, embed: Callable[[list[str]], np.ndarray]) -> int:
         with self._db() as db:
-            rows = db.execute(self._q("SELECT id, lead, body FROM {chunks} ORDER BY id")).fetchall()
+            rows = db.execute("SELECT id, lead, body FROM knowledge_chunks WHERE persona = %s ORDER BY id",
+                              (self.persona,)).fetchall()
             with db.cursor() as cursor:
                 for start in range(0, len(rows), REEMBED_BATCH):
                     batch = rows[start:start + REEMBED_BATCH]
                     vectors = embed([f"{lead}: {body}" for _, lead, body in batch])
-                    cursor.executemany(self._q("UPDATE {chunks} SET embedding = %s WHERE id = %s"),
+                    cursor.executemany("UPDATE knowledge_chunks SET embedding = %s WHERE id = %s",
                                        [(np.asarray(v, dtype=np.float32), i)
                                         for (i, _, _), v in zip(batch, vectors, strict=True)])
-            db.execute(self._q("INSERT INTO {meta} VALUES ('embedder', %s) "
-                               "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"), (name,))
+            db.execute("INSERT INTO knowledge_meta VALUES (%s, 'embedder', %s) "
+                       "ON CONFLICT (persona, key) DO UPDATE SET value = EXCLUDED.value", (self.persona, name))
         return len(rows)
 
     def search(self, vector: np.ndarray, k: int) -> list[Passage]:
         with self._db() as db:
-            rows = db.execute(self._q(
+            rows = db.execute(
                 """SELECT c.document_id, d.title, c.ord, c.lead, c.body, c.embedding <=> %s AS distance
-                   FROM {chunks} c JOIN {documents} d ON d.id = c.document_id ORDER BY distance LIMIT %s"""),
-                (np.asarray(vector, dtype=np.float32), k)).fetchall()
+                   FROM knowledge_chunks c JOIN knowledge_documents d ON d.persona = c.persona AND d.id = c.document_id
+                   WHERE c.persona = %s ORDER BY distance LIMIT %s""",
+                (np.asarray(vector, dtype=np.float32), self.persona, k)).fetchall()
         return [Passage(doc, title, ord_, lead, body, round(1.0 - distance, 4))
                 for doc, title, ord_, lead, body, distance in rows]
 
@@ -297,6 +284,7 @@ class PgKnowledgeStore:
 def open_store(url: str | None, data_dir: Path, persona: str) -> KnowledgeStore | PgKnowledgeStore:
     """The store the settings name: Postgres for a ``postgresql://`` URL, else SQLite in the data directory."""
     if url and url.startswith(("postgresql://", "postgres://")):
+        Database(url)  # its tables come of the migrations, upgraded here when the service's database is another
         return PgKnowledgeStore(url, persona)
     return KnowledgeStore(data_dir / f"knowledge-{persona}.sqlite3")
 

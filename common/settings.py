@@ -153,6 +153,11 @@ class AgentSettings(WebSettings, EngineSettings):
         None, validation_alias="KNOWLEDGE_STORE",
         description="A postgresql:// URL to keep the knowledge base in Postgres with pgvector (default: DATABASE_URL "
         "when it is one); otherwise SQLite with sqlite-vec in DATA_DIR.")
+    @property
+    def knowledge_url(self) -> str | None:
+        """Where the knowledge base lives: KNOWLEDGE_STORE, else DATABASE_URL (SQLite there: the sqlite-vec file)."""
+        return self.knowledge_store or self.database_url
+
     knowledge_top_k: int = Field(3, ge=1, le=20, validation_alias="KNOWLEDGE_TOP_K",
                                  description="Passages retrieved for each question.")
     knowledge_embedder: Literal["auto", "e5", "minilm"] = Field(

@@ -51,7 +51,8 @@ class Stack:
     persona: str = "law_expert"
     experts: int = 2
     orchestrators: int = 2
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # every process's
+    expert_env: dict[str, str] = field(default_factory=dict)  # the experts' own, over ``env``
     expert_services: list[Service] = field(default_factory=list)
     orchestrator_services: list[Service] = field(default_factory=list)
     database_url: str = ""
@@ -65,7 +66,7 @@ class Stack:
         self.database_url = self._pg.get_uri()
         # every process its own thread: four models decode on two cores
         env = {"DATABASE_URL": self.database_url, "THREADS": "1", **self.env}
-        self.expert_services = [expert(self.persona, self.root / f"expert{i}", env=env)
+        self.expert_services = [expert(self.persona, self.root / f"expert{i}", env={**env, **self.expert_env})
                                 for i in range(self.experts)]
         for service in self.expert_services:
             service.start()

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from agents.sessions import SessionStore
-from common.database import Database, UnusableDatabase, file_url
+from common.database import Database, UnusableDatabase, file_url, sync_url
 from common.protocol import RunRecord
 from orchestrator.runs import GONE_AFTER_S, RunStore
 
@@ -21,13 +21,20 @@ def url(request, tmp_path):
     """A fresh database on each engine: the same tests hold for SQLite and Postgres."""
     if request.param == "sqlite":
         return file_url(tmp_path / "state.sqlite3")
-    base = request.getfixturevalue("postgres")
+    return fresh_database(request.getfixturevalue("postgres"))
+
+
+def fresh_database(server: str) -> str:
+    """A new, empty database on the pgserver Postgres."""
     name = f"t{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(sync_url(server), isolation_level="AUTOCOMMIT")
     with admin.connect() as db:
         db.execute(sa.text(f"CREATE DATABASE {name}"))
     admin.dispose()
-    return base.replace("/postgres?", f"/{name}?", 1)
+    return server.replace("/postgres?", f"/{name}?", 1)
+
+
+HEAD = "0003"
 
 
 def run(run_id, age_days=0.0, status="done"):
@@ -41,7 +48,7 @@ def test_migrations_make_every_table_and_opening_again_changes_nothing(url):
     assert {"runs", "turns", "replicas", "tasks", "task_versions", "task_events", "alembic_version"} <= tables
     Database(url)  # the next start (or another replica) finds the newest revision and does nothing
     with db.read() as c:
-        assert c.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert c.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == HEAD
 
 
 def test_a_database_written_before_migrations_keeps_its_runs_and_sessions(tmp_path):
@@ -126,3 +133,37 @@ def test_a_session_written_by_one_replica_is_continued_by_another(url):
     assert [t.content for t in two.history("law_expert", "s1", last_turns=1)] == ["Its fines?",
                                                                                   "Up to 20 million euros."]
     assert two.clear("law_expert", "s1") == 4 and one.history("law_expert", "s1") == []
+
+
+@pytest.mark.servers
+def test_knowledge_tables_an_older_conclave_made_per_persona_are_moved_into_the_shared_ones(postgres):
+    """Before migrations, each expert made knowledge_<persona>_* tables in Postgres by hand; revision 0003 copies
+    their documents, chunks (vectors included) and embedder record into the shared tables, keyed by persona."""
+    import numpy as np
+
+    from agents.knowledge import PgKnowledgeStore
+
+    url = fresh_database(postgres)
+    old = sa.create_engine(sync_url(url))
+    vector = "[" + ",".join(["0.1"] * 384) + "]"
+    with old.begin() as db:
+        for statement in (
+                "CREATE EXTENSION IF NOT EXISTS vector",
+                "CREATE TABLE knowledge_law_expert_documents (id TEXT PRIMARY KEY, source TEXT UNIQUE NOT NULL, "
+                "title TEXT NOT NULL, sha256 TEXT NOT NULL, chunks INTEGER NOT NULL, bytes INTEGER NOT NULL, "
+                "added_at DOUBLE PRECISION NOT NULL)",
+                "CREATE TABLE knowledge_law_expert_chunks (id BIGSERIAL PRIMARY KEY, document_id TEXT NOT NULL, "
+                "ord INTEGER NOT NULL, lead TEXT NOT NULL, body TEXT NOT NULL, embedding vector(384) NOT NULL)",
+                "CREATE TABLE knowledge_law_expert_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+                "INSERT INTO knowledge_law_expert_documents VALUES ('d1', 'gdpr.md', 'GDPR', 'abc', 1, 10, 1)",
+                f"INSERT INTO knowledge_law_expert_chunks (document_id, ord, lead, body, embedding) "
+                f"VALUES ('d1', 0, 'GDPR', 'Notify within 72 hours.', '{vector}')",
+                "INSERT INTO knowledge_law_expert_meta VALUES ('embedder', 'minilm')"):
+            db.execute(sa.text(statement))
+    old.dispose()
+    Database(url)
+    store = PgKnowledgeStore(url, "law_expert")
+    assert [d.source for d in store.documents()] == ["gdpr.md"] and store.embedder() == "minilm"
+    assert store.search(np.full(384, 0.1, dtype=np.float32), 1)[0].body == "Notify within 72 hours."
+    assert PgKnowledgeStore(url, "ai_expert").documents() == []
+    assert "knowledge_law_expert_documents" not in sa.inspect(sa.create_engine(sync_url(url))).get_table_names()

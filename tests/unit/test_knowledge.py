@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from agents.documents import CHUNK_CHARS, UnreadableDocument, chunks, read
-from agents.knowledge import Knowledge, KnowledgeStore, PgKnowledgeStore
+from agents.knowledge import Knowledge, KnowledgeStore, open_store
 from agents.personas import get_persona
 from common.protocol import Attribution, CompositionChecks, Source, Step
 from common.settings import AgentSettings
@@ -30,7 +30,7 @@ A processor must notify the controller without undue delay.
 def knowledge(request, tmp_path):
     """A knowledge base on each store: the same tests hold for SQLite and Postgres."""
     if request.param == "postgres":
-        store = PgKnowledgeStore(request.getfixturevalue("postgres"), f"t{uuid.uuid4().hex[:8]}")
+        store = open_store(request.getfixturevalue("postgres"), tmp_path, f"t{uuid.uuid4().hex[:8]}")
     else:
         store = KnowledgeStore(tmp_path / "k.sqlite3")
     return lambda **kw: Knowledge(store, WordsEmbedder, **kw)
