@@ -1,6 +1,7 @@
 """The experts' knowledge bases in Postgres (pgvector): one set of tables for every persona, keyed by persona, made
 here instead of by each store at start-up. Tables an older Conclave made per persona (knowledge_<persona>_...) are
-copied in and dropped. On SQLite nothing: there each expert keeps its sqlite-vec file in DATA_DIR.
+copied in and left in place, so replicas of the older version still serving during a rolling upgrade keep working
+(a later revision drops them). On SQLite nothing: there each expert keeps its sqlite-vec file in DATA_DIR.
 
 Revision ID: 0003
 Revises: 0002
@@ -57,8 +58,6 @@ def upgrade() -> None:
             f'SELECT :persona, document_id, ord, lead, body, embedding FROM "{old}chunks" ORDER BY id'), params)
         op.get_bind().execute(sa.text(
             f'INSERT INTO knowledge_meta SELECT :persona, key, value FROM "{old}meta"'), params)
-        for part in ("chunks", "meta", "documents"):
-            op.execute(f'DROP TABLE "{old}{part}"')
 
 
 def downgrade() -> None:
