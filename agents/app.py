@@ -141,5 +141,5 @@ def create_app(settings: AgentSettings | None = None, engine=None, embedder=None
     app.register_blueprint(ops)
     app.register_blueprint(api)
     a2a.mount(app, service.a2a_turn, service.card_proto(settings.public_url or f"http://{settings.host}"),
-              db, persona.id, settings.api_key)
+              db, persona.id, settings.api_key, settings.retain_days)
     return app

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import flask
+import sqlalchemy as sa
 from a2a.helpers.proto_helpers import get_message_text, new_task_from_user_message, new_text_message, new_text_part
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.cluster import DatabaseTaskEventStream, VersionedDatabaseTaskStore
 from a2a.server.events import EventQueue
+from a2a.server.models import TaskEventModel, TaskModel, TaskVersionModel
 from a2a.server.owner_resolver import resolve_user_scope
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.request_handlers.response_helpers import agent_card_to_dict
@@ -54,6 +58,8 @@ from common.web import Api, cacheable
 
 PROTOCOL_VERSION = "1.0"
 RPC_PATH = "/a2a"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -204,7 +210,26 @@ def serve_card(api: Api, card_for: Callable[[str], AgentCard]) -> None:
         api.op("get", path, summary, response_model=CardSchema)(agent_card)
 
 
-def mount(flask_app, turn: Turn, card: AgentCard, db: Database, service: str, api_key: str | None) -> None:
+PRUNE_EVERY_S = 3600
+
+
+def prune(db: Database, service: str, retain_days: float) -> int:
+    """Delete this service's A2A tasks not updated for ``retain_days`` (0: keep them for ever), with the SDK's
+    version and event rows of them: its cluster store's event log only grows."""
+    if not retain_days:
+        return 0
+    cutoff = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=retain_days)  # the SDK stores naive UTC
+    tasks, versions, events = (model.__table__ for model in (TaskModel, TaskVersionModel, TaskEventModel))
+    with db.write() as c:
+        ids = list(c.execute(sa.select(tasks.c.id).where(tasks.c.owner.like(f"{service}:%"),
+                                                          tasks.c.last_updated < cutoff)).scalars())
+        for table, key in ((events, events.c.task_id), (versions, versions.c.task_id), (tasks, tasks.c.id)):
+            c.execute(table.delete().where(key.in_(ids)))
+    return len(ids)
+
+
+def mount(flask_app, turn: Turn, card: AgentCard, db: Database, service: str, api_key: str | None,
+          retain_days: float = 0) -> None:
     """Serve A2A JSON-RPC at ``/a2a`` beside the Flask routes (a2wsgi runs the SDK's ASGI app in the WSGI server).
 
     Tasks live in the service's database (its migrations made the tables) in the SDK's cluster store: any replica
@@ -218,6 +243,16 @@ def mount(flask_app, turn: Turn, card: AgentCard, db: Database, service: str, ap
                                     event_stream=DatabaseTaskEventStream(engine, create_table=False))
     middleware = [Middleware(Bearer, expected=f"Bearer {api_key}".encode())] if api_key else []
     middleware.append(Middleware(JsonOnly))
+    if retain_days:
+        def prune_forever() -> None:
+            while True:
+                try:
+                    prune(db, service, retain_days)
+                except Exception:  # a database briefly away: the next round tries again
+                    log.exception("pruning old A2A tasks failed")
+                time.sleep(PRUNE_EVERY_S)
+
+        threading.Thread(target=prune_forever, name="a2a-prune", daemon=True).start()
     asgi = Starlette(routes=create_jsonrpc_routes(handler, rpc_url="/", enable_v0_3_compat=True),
                      middleware=middleware)
     asgi_mount(flask_app, RPC_PATH, asgi)

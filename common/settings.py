@@ -91,8 +91,8 @@ class WebSettings(BaseSettings):
     max_in_flight: int = Field(
         48, ge=1, le=1024, description="Requests served at once (probes aside); more get 429 with Retry-After at once.")
     retain_days: float = Field(
-        30, ge=0, description="Runs and session turns older than this many days are deleted as new ones are written; "
-        "0 keeps them for ever.")
+        30, ge=0, description="Runs and session turns older than this many days are deleted as new ones are written "
+        "(A2A tasks not updated for as long, every hour); 0 keeps them for ever.")
     allow_no_api_key: bool = Field(
         False, description="Listen on a non-loopback address without API_KEY: only on a network you trust.")
 

@@ -107,6 +107,6 @@ def create_app(settings: OrchestratorSettings | None = None, llm=None, experts: 
     app.register_blueprint(ops)
     app.register_blueprint(api)
     a2a.mount(app, service.a2a_turn, card(settings.public_url or f"http://{settings.host}"),
-              db, "orchestrator", settings.api_key)
+              db, "orchestrator", settings.api_key, settings.retain_days)
     asgi.mount(app, mcp.MCP_PATH, mcp.build(service, experts, settings, __version__), lifespan=True)
     return app

@@ -168,3 +168,29 @@ def test_knowledge_tables_an_older_conclave_made_per_persona_are_copied_into_the
     assert store.search(np.full(384, 0.1, dtype=np.float32), 1)[0].body == "Notify within 72 hours."
     assert PgKnowledgeStore(url, "ai_expert").documents() == []
     assert "knowledge_law_expert_documents" in sa.inspect(sa.create_engine(sync_url(url))).get_table_names()
+
+
+def test_a2a_tasks_older_than_the_retention_go_with_their_version_and_event_rows(url):
+    """The SDK's cluster store keeps an append-only event log: each service prunes its own old tasks from it."""
+    from datetime import UTC, datetime, timedelta
+
+    from a2a.server.models import TaskEventModel, TaskModel, TaskVersionModel
+
+    from common import a2a
+
+    db = Database(url)
+    tasks, versions, events = (m.__table__ for m in (TaskModel, TaskVersionModel, TaskEventModel))
+    now = datetime.now(UTC).replace(tzinfo=None)
+    with db.write() as c:
+        for task, owner, age in (("old", "law_expert:", 9), ("new", "law_expert:", 1), ("other", "orchestrator:", 9)):
+            c.execute(tasks.insert().values(id=task, context_id="c", kind="task", owner=owner,
+                                            last_updated=now - timedelta(days=age), status={"state": 3}))
+            c.execute(versions.insert().values(task_id=task, owner=owner, version=2))
+            c.execute(events.insert(), [{"task_id": task, "owner": owner, "task_version": v, "event_data": b"e"}
+                                        for v in (1, 2)])
+    assert a2a.prune(db, "law_expert", retain_days=7) == 1
+    assert a2a.prune(db, "law_expert", retain_days=0) == 0  # 0 keeps them for ever
+    with db.read() as c:
+        for table in (tasks, versions, events):
+            key = table.c.id if table is tasks else table.c.task_id
+            assert set(c.execute(sa.select(key)).scalars()) == {"new", "other"}
