@@ -9,7 +9,7 @@ import re
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from common.client import ExpertClient, ExpertError
 from common.protocol import AgentCard, ExpertStatus
@@ -101,7 +101,6 @@ class Expert:
     url: str
     card: AgentCard
     client: Replicas
-    urls: list[str] = field(default_factory=list)
 
     @property
     def description(self) -> str:
@@ -153,10 +152,9 @@ class ExpertRegistry:
             same = next((e for e in self._experts.values() if e.name == name and e.card.conclave), None)
             if same is not None and card.conclave:  # another replica of one of our personas
                 same.client.add(client)
-                same.urls.append(url)
                 self._experts[url] = same
                 return same
-            expert = Expert(self._unique_name(name, url), url, card, Replicas(client), [url])
+            expert = Expert(self._unique_name(name, url), url, card, Replicas(client))
             expert.client.name = expert.name
             # another team's agent is asked over A2A; ours over /chat, which carries sources, unless told otherwise
             expert.client.a2a = self.transport == "a2a" or not card.conclave
