@@ -8,7 +8,8 @@ and under load), dtype quality, what reproducible greedy answers (float32) cost 
 wall time vs its experts' times, routing accuracy on a labelled set, the quality of /integrate's answers on a dev
 set (bench/quality.py), tool calling on BFCL against llama.cpp's server (bench/tool_calls.py), and the experts'
 knowledge bases: fact recall with and without retrieval, citations, the store at 10,000 chunks (bench/knowledge.py),
-and what tracing costs: /chat with spans exported over OTLP against tracing off, interleaved (bench/tracing.py).
+what tracing costs: /chat with spans exported over OTLP against tracing off, interleaved (bench/tracing.py), and
+capacity with one and two expert replicas behind haproxy on Postgres, interleaved (bench/scale.py).
 Prints a table and writes JSON under bench/results/.
 """
 
@@ -26,7 +27,7 @@ import torch
 import yaml
 
 from agents.personas import get_persona
-from bench import knowledge, machine, quality, speed, tool_calls, tracing, weights
+from bench import knowledge, machine, quality, scale, speed, tool_calls, tracing, weights
 from bench.load import ALONE, CORES, NEW_TOKENS, PROMPTS, PeakRss
 from common.engine.decoders import make_decoder
 from common.engine.loading import cpu_has_native_bf16, load_model, pick_dtype
@@ -299,6 +300,7 @@ def report(results: dict) -> None:
     tool_calls.report(results["tool_calls"])
     knowledge.report(results["knowledge"])
     tracing.report(results["tracing"])
+    scale.report(results["scale"])
     r = results["routing"]
     print(f"\n== Routing on {r['tasks']} labelled tasks ==")
     print(f"semantic ranking picks a right expert first: {r['ranking_first_right']}/{r['tasks']} "
@@ -325,6 +327,7 @@ def main() -> None:
             "tool_calls": tool_calls.tool_calls(work),
             "knowledge": knowledge.knowledge(work),
             "tracing": tracing.tracing(work),
+            "scale": scale.scale(work),
         }
     results["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     results["cpu"] = machine.cpu()

@@ -40,10 +40,11 @@ def _wave(url: str, offset: int) -> dict:
             "p50_s": round(statistics.median(latencies), 2),
             "p95_s": round(latencies[min(WAVE - 1, int(0.95 * WAVE))], 2),
             "answered": sum(1 for r in results if r[1]["response"].strip()),
-            "expert_tokens_per_run": round(statistics.mean(
-                sum(e["input_tokens"] + e["output_tokens"] for e in u["experts"].values()) for u in usage)),
-            "orchestrator_tokens_per_run": round(statistics.mean(
-                u["orchestrator"]["input_tokens"] + u["orchestrator"]["output_tokens"] for u in usage))}
+            "consultations_per_run": round(statistics.mean(
+                sum(e["calls"] for e in u["experts"].values()) for u in usage), 2),
+            **{f"{part}_{kind}_tokens_per_run": round(statistics.mean(
+                sum(e[f"{kind}_tokens"] for e in (u["experts"].values() if part == "expert" else [u["orchestrator"]]))
+                for u in usage)) for part in ("expert", "orchestrator") for kind in ("input", "output")}}
 
 
 def scale(work: Path) -> dict:
@@ -72,8 +73,9 @@ def report(s: dict) -> None:
           f"{s['cores']} cores, Postgres, interleaved ({s['rounds']} rounds, best wave) ==")
     for name, w in s["best"].items():
         print(f"{name} replica(s): {w['runs_per_min']:.1f} runs/min | p50 {w['p50_s']:.1f} s | p95 {w['p95_s']:.1f} s "
-              f"| answered {w['answered']}/{s['wave']} | tokens per run: experts {w['expert_tokens_per_run']}, "
-              f"orchestrator {w['orchestrator_tokens_per_run']}")
+              f"| answered {w['answered']}/{s['wave']} | per run: {w['consultations_per_run']} consultations, "
+              f"expert tokens in/out {w['expert_input_tokens_per_run']}/{w['expert_output_tokens_per_run']}, "
+              f"orchestrator's {w['orchestrator_input_tokens_per_run']}/{w['orchestrator_output_tokens_per_run']}")
     print(f"two replicas / one, throughput: {s['two_over_one_throughput']:.2f}x (same cores: the second replica "
           "adds a process, not compute)")
 
