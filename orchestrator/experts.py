@@ -35,34 +35,18 @@ class Replicas:
     a slower step, not a failed one. An answer that came back, or a wait that timed out (the replica may still be
     answering), is never asked again elsewhere."""
 
-    def __init__(self, client: ExpertClient):
-        self.clients = [client]
+    def __init__(self, client: ExpertClient, name: str, a2a: bool):
+        self.name, self.a2a = name, a2a  # every replica's client names the expert and speaks alike
+        self.clients: list[ExpertClient] = []
         self._down: set[str] = set()
         self._turn = itertools.count()
         self._lock = threading.Lock()
+        self.add(client)
 
     def add(self, client: ExpertClient) -> None:
         with self._lock:
             client.name, client.a2a = self.name, self.a2a
             self.clients.append(client)
-
-    @property
-    def name(self) -> str:
-        return self.clients[0].name
-
-    @name.setter
-    def name(self, value: str) -> None:
-        for client in self.clients:
-            client.name = value
-
-    @property
-    def a2a(self) -> bool:
-        return self.clients[0].a2a
-
-    @a2a.setter
-    def a2a(self, value: bool) -> None:
-        for client in self.clients:
-            client.a2a = value
 
     def mark(self, url: str, up: bool) -> None:
         with self._lock:
@@ -154,10 +138,10 @@ class ExpertRegistry:
                 same.client.add(client)
                 self._experts[url] = same
                 return same
-            expert = Expert(self._unique_name(name, url), url, card, Replicas(client))
-            expert.client.name = expert.name
+            name = self._unique_name(name, url)
             # another team's agent is asked over A2A; ours over /chat, which carries sources, unless told otherwise
-            expert.client.a2a = self.transport == "a2a" or not card.conclave
+            a2a = self.transport == "a2a" or not card.conclave
+            expert = Expert(name, url, card, Replicas(client, name, a2a))
             self._experts[url] = expert
             return expert
 

@@ -49,10 +49,9 @@ def test_a_stopped_replica_is_passed_over_and_the_run_is_answered(tmp_path, live
 
 def _replicas(*urls: str) -> Replicas:
     clients = [ExpertClient(u, retries=0, read_timeout_s=2) for u in urls]
-    replicas = Replicas(clients[0])
+    replicas = Replicas(clients[0], "law_expert", a2a=False)
     for c in clients[1:]:
         replicas.add(c)
-    replicas.name = "law_expert"
     return replicas
 
 
