@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from common.protocol import (
     ModelList,
     SessionHistory,
     Source,
+    Timings,
     ToolCallDelta,
     ToolCallOut,
     Usage,
@@ -46,6 +48,17 @@ from common.protocol import (
 from common.settings import AgentSettings
 
 log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class _Turn:
+    """A /chat question under way: its generation, the passages it was given, the language asked for, and how long
+    retrieving them took."""
+
+    gen: Generation
+    passages: list[Passage]
+    answer_language: AnswerLanguage
+    retrieval_ms: int
+
 
 @dataclass
 class ExpertService:
@@ -75,11 +88,13 @@ class ExpertService:
         return {"status": "ready", "persona": self.persona.id, "model": self.model_name, **self.engine.runtime}
 
     # ---- /chat ------------------------------------------------------------------------------------------------
-    def _start_chat(self, req: ChatRequest) -> tuple[Generation, list[Passage], AnswerLanguage]:
+    def _start_chat(self, req: ChatRequest) -> _Turn:
         """The question, with the passages retrieved for it in the same turn: the system message stays the persona's
         alone, so its cached prefix serves every request. A question not in English asks for the answer in its
         language where the model writes it, else in English."""
+        started = time.perf_counter()
         passages = self.knowledge.retrieve(req.intent) if req.knowledge and self.knowledge else []
+        retrieval_ms = int((time.perf_counter() - started) * 1000)
         question = f"{Knowledge.prompt(passages)}\n\nQuestion: {req.intent}" if passages else req.intent
         answer_language = self._answer_language(req.intent)
         if answer_language.question != "en":
@@ -100,7 +115,7 @@ class ExpertService:
             loop_guard=req.loop_guard,
             end_at_sentence=True,
         )
-        return self._submit(completion, req.timeout_s), passages, answer_language
+        return _Turn(self._submit(completion, req.timeout_s), passages, answer_language, retrieval_ms)
 
     def _answer_language(self, question: str) -> AnswerLanguage:
         asked, writes = language.detect(question), self.settings.model_language_list
@@ -119,13 +134,19 @@ class ExpertService:
         )
         return self.engine.submit(generation_request)
 
-    def _chat_response(self, req: ChatRequest, result: GenerationResult, passages: list[Passage],
-                       answer_language: AnswerLanguage) -> ChatResponse:
+    def _chat_response(self, req: ChatRequest, turn: _Turn) -> ChatResponse:
+        result, passages = turn.gen.result(), turn.passages
         text, sources = result.text, []
+        started = time.perf_counter()
         if passages and self.knowledge:
             grounded = self.knowledge.ground(req.intent, result.text, passages)
             text = grounded.text
             sources = _sources(passages, grounded.cited)
+        first_token_s = result.first_token_s
+        timings = Timings(retrieval_ms=turn.retrieval_ms, queue_ms=int(result.queue_s * 1000),
+                          first_token_ms=None if first_token_s is None else int(first_token_s * 1000),
+                          decode_ms=int((result.elapsed_s - (first_token_s or result.elapsed_s)) * 1000),
+                          grounding_ms=int((time.perf_counter() - started) * 1000))
         stored, warning = True, None
         if req.session_id:
             try:
@@ -145,32 +166,32 @@ class ExpertService:
             sources=sources,
             stored=stored,
             warning=warning,
-            language=answer_language,
+            language=turn.answer_language,
+            timings=timings,
         )
 
     def chat(self, req: ChatRequest) -> ChatResponse:
-        gen, passages, answer_language = self._start_chat(req)
-        return self._chat_response(req, gen.result(), passages, answer_language)
+        return self._chat_response(req, self._start_chat(req))
 
     def chat_events(self, req: ChatRequest) -> tuple[Iterator[tuple[str, object]], Generation]:
         """SSE events for a streamed /chat: ``sources`` (the passages retrieved, before any text), ``delta`` per text
         piece, then ``done`` (the full response, with its citation marks) or ``error``."""
-        gen, passages, answer_language = self._start_chat(req)
+        turn = self._start_chat(req)
 
         def events() -> Iterator[tuple[str, object]]:
             try:
-                if passages:
-                    yield "sources", {"sources": [s.model_dump() for s in _sources(passages, [])]}
-                for delta in gen:
+                if turn.passages:
+                    yield "sources", {"sources": [s.model_dump() for s in _sources(turn.passages, [])]}
+                for delta in turn.gen:
                     yield "delta", {"delta": delta}
-                response = self._chat_response(req, gen.result(), passages, answer_language)
+                response = self._chat_response(req, turn)
                 yield "done", response.model_dump()
                 if not response.stored:  # the stream ends with the reason the session did not keep it
                     yield "error", error_event(StorageFull(response.warning or "", "storage_full"))
             except EngineError as exc:
                 yield "error", error_event(exc)
 
-        return events(), gen
+        return events(), turn.gen
 
     # ---- sessions ---------------------------------------------------------------------------------------------
     def history(self, session_id: str) -> SessionHistory:

@@ -111,6 +111,17 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class Timings(BaseModel):
+    """Where an expert's answer spent its time, in ms from the request's arrival (retrieval) or its submission to the
+    engine (the rest): what a slow consultation was waiting for."""
+
+    retrieval_ms: int = Field(0, description="Embedding the question and searching the knowledge base.")
+    queue_ms: int = Field(0, description="Waiting for the engine: a free batch row (local) or the server (remote).")
+    first_token_ms: int | None = Field(None, description="Until the first text: the wait plus the prompt's prefill.")
+    decode_ms: int = Field(0, description="From the first text to the end of the answer.")
+    grounding_ms: int = Field(0, description="Checking the answer against its sources and citing them.")
+
+
 class Source(BaseModel):
     """A passage of the expert's knowledge base that was put before the model; [number] in the answer cites it."""
 
@@ -142,6 +153,7 @@ class ChatResponse(BaseModel):
                          "disk): the answer is still given, and `warning` says why.")
     warning: str | None = None
     language: AnswerLanguage | None = None
+    timings: Timings | None = None
 
 
 class KnowledgeUpload(Lenient):
@@ -560,6 +572,7 @@ class Step(BaseModel):
                                             "why when it is not the question's.")
     model: str | None = Field(None, description="The model that answered, as the expert names it.")
     usage: Usage | None = Field(None, description="The expert's tokens for this answer, as it counted them.")
+    timings: Timings | None = Field(None, description="Where the expert's answer spent its time, as it measured it.")
 
 
 class UsageFigures(BaseModel):

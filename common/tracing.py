@@ -123,6 +123,13 @@ def record_usage(span: Span, input_tokens: int, output_tokens: int) -> None:
     span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
 
 
+def record_timings(span: Span, timings: dict[str, int | None]) -> None:
+    """Where the expert's answer spent its time, as it measured it (``conclave.expert.queue_ms``, ...)."""
+    for name, value in timings.items():
+        if value is not None:
+            span.set_attribute(f"conclave.expert.{name}", value)
+
+
 def failed(span: Span, message: str, error_type: str) -> None:
     span.set_status(Status(StatusCode.ERROR, message))
     span.set_attribute("error.type", error_type)

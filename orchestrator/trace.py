@@ -53,12 +53,15 @@ class RunTrace:
             else:
                 observation = answer.response
                 tracing.record_usage(span, answer.usage.prompt_tokens, answer.usage.completion_tokens)
+                if answer.timings is not None:
+                    tracing.record_timings(span, answer.timings.model_dump())
         step = Step(thought=thought, expert=expert.name, input=question, observation=observation,
                     ok=answer is not None, elapsed_ms=int((time.perf_counter() - started) * 1000),
                     started_ms=int((started - self.started) * 1000),
                     chosen_by=chosen_by, ranking=ranking, reason=reason,
                     sources=answer.sources if answer else [], language=answer.language if answer else None,
-                    model=answer.model if answer else None, usage=answer.usage if answer else None)
+                    model=answer.model if answer else None, usage=answer.usage if answer else None,
+                    timings=answer.timings if answer else None)
         self.steps.append(step)
         if expert.name not in self.consulted:
             self.consulted.append(expert.name)

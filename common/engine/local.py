@@ -345,6 +345,7 @@ class LocalEngine:
             elif time.monotonic() > r.gen.deadline:
                 r.gen.fail(GenerationTimeout("request timed out while waiting in the queue"))
             elif self._fits([*rows, *admitted, r]):
+                r.gen.begin()
                 admitted.append(r)
             else:
                 self._held = r

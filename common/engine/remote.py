@@ -149,6 +149,7 @@ class RemoteEngine:
         return gen
 
     def _run(self, gen: Generation, kwargs: dict, wire: Wire | None) -> None:
+        gen.begin()
         with self._lock:
             self.running_rows += 1
         try:

@@ -118,6 +118,8 @@ class GenerationResult:
     finish_reason: str  # "stop" | "length"
     elapsed_s: float
     looped: bool = False  # the loop guard ended it
+    queue_s: float = 0.0  # from submission until the engine began on it (its wait for a batch row or a server slot)
+    first_token_s: float | None = None  # from submission until the caller got its first text
 
 
 _DONE = object()
@@ -143,10 +145,19 @@ class Generation:
         self._on_done: list = []
         self._ending = threading.Lock()  # a callback added as the generation ends runs exactly once
         self._ended = False
+        self._began: float | None = None
+        self._first_text: float | None = None
 
     # producer side
+    def begin(self) -> None:
+        """The engine starts on this request (it joins a batch, or goes out to a server): its wait ends here."""
+        if self._began is None:
+            self._began = time.monotonic()
+
     def push(self, delta: str) -> None:
         if delta:
+            if self._first_text is None:
+                self._first_text = time.monotonic()
             self._text.append(delta)
             self._deltas.put(delta)
 
@@ -158,6 +169,8 @@ class Generation:
             finish_reason=finish_reason,
             elapsed_s=time.monotonic() - self.created,
             looped=looped,
+            queue_s=(self._began or self.created) - self.created,
+            first_token_s=None if self._first_text is None else self._first_text - self.created,
         )
         self._end()
 

@@ -30,6 +30,10 @@ def test_seed_curl_gets_a_coherent_persona_answer(law_expert):
     assert body["persona"] == "law_expert" and body["model"] == "SmolLM2-135M-Instruct"
     assert body["usage"]["completion_tokens"] <= 80 and body["usage"]["prompt_tokens"] > 20
     assert any(w in text.lower() for w in ("data", "gdpr", "right", "law", "personal"))
+    # where the time went: retrieval, the wait for a batch row, prefill until the first text, decoding, grounding
+    t = body["timings"]
+    assert t["retrieval_ms"] > 0 and 0 <= t["queue_ms"] <= t["first_token_ms"] <= body["elapsed_ms"]
+    assert t["first_token_ms"] + t["decode_ms"] <= body["elapsed_ms"] + 1 and t["decode_ms"] > 0
 
 
 def test_ready_names_the_dtype_this_cpu_gets(law_expert):

@@ -345,3 +345,31 @@ def test_an_answer_the_session_cannot_keep_is_still_given_and_says_so(client):
     assert [e for e, _ in events][-2:] == ["done", "error"]
     assert json.loads(events[-1][1])["error"]["type"] == "storage_full"
     assert [t["content"] for t in client.get("/sessions/s").get_json()["turns"]][0] == "first"
+
+
+def test_an_answer_says_where_its_time_went(client):
+    body = client.post("/chat", json={"intent": "When must a data breach be notified?"}).get_json()
+    t = body["timings"]
+    assert set(t) == {"retrieval_ms", "queue_ms", "first_token_ms", "decode_ms", "grounding_ms"}
+    assert t["first_token_ms"] is not None and 0 <= t["queue_ms"] <= t["first_token_ms"] <= body["elapsed_ms"]
+    assert t["first_token_ms"] + t["decode_ms"] <= body["elapsed_ms"] + 1
+
+
+def test_a_generation_knows_its_wait_and_its_first_text():
+    import time
+
+    from common.engine.types import Generation, GenerationRequest
+
+    gen = Generation(GenerationRequest(messages=[]))
+    time.sleep(0.02)
+    gen.begin()  # the engine takes it
+    time.sleep(0.02)
+    gen.push("")  # no text yet
+    gen.push("Hello")
+    gen.begin()  # a second begin changes nothing
+    time.sleep(0.02)
+    gen.push(" world")
+    gen.finish(3, 2, "stop")
+    result = gen.result()
+    assert 0.02 <= result.queue_s < result.first_token_s < result.elapsed_s
+    assert result.first_token_s >= 0.04

@@ -57,6 +57,7 @@ def test_ranking_picks_the_expert_and_the_answer_is_what_it_said(tmp_path, live_
     assert first["reason"].startswith("ranked first for this task")
     assert first["observation"] == "Article 28 requires a processing contract." and first["ok"]
     assert first["thought"] == "The lawyer knows this."
+    assert first["timings"]["first_token_ms"] is not None  # the expert's own account of its time, kept per step
     assert law.engine.requests[0].messages[-1]["content"] == LAW_TASK
     # the first step could name only the ranked expert, and could not answer yet; once it had answered, nothing was
     # left to decide, so the model was not called again (and the single answer needed no merge)

@@ -65,6 +65,8 @@ def test_a_panel_run_is_one_trace_of_agent_tool_and_model_spans_with_the_runs_to
         assert chat.attributes["gen_ai.usage.output_tokens"] == usage["experts"][expert]["output_tokens"] > 0
         assert chat.attributes["gen_ai.response.finish_reasons"] == ("stop",)
         assert "gen_ai.input.messages" not in chat.attributes  # no text unless the operator opts in
+        step = next(s for s in body["steps"] if s["expert"] == expert)  # the expert's timings, on its consultation
+        assert tool.attributes["conclave.expert.first_token_ms"] == step["timings"]["first_token_ms"]
     assert run.attributes["gen_ai.usage.output_tokens"] == usage["total"]["output_tokens"]
     assert usage["total"]["input_tokens"] == sum(e["input_tokens"] for e in usage["experts"].values()) \
         + usage["orchestrator"]["input_tokens"]
