@@ -20,6 +20,7 @@ from collections.abc import Callable
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
+from common.database import UnusableDatabase
 from common.settings import WebSettings
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,12 @@ class _Server(BaseApplication):
     def load(self):
         from common.web import Admission
 
-        app = self._factory()  # in the worker, after fork: the model's threads live there
+        try:
+            app = self._factory()  # in the worker, after fork: the model's threads live there
+        except UnusableDatabase as exc:  # a setting or a file to fix: say which and stop, without a traceback
+            log.critical("%s", exc)
+            logging.shutdown()
+            os._exit(APP_LOAD_ERROR)
         threading.Thread(target=_exit_if_failed, args=(app.extensions["engine"],), name="engine-watch",
                          daemon=True).start()
         _shutdown_on_sigterm(app.extensions.get("shutdown", []))
