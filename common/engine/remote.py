@@ -45,7 +45,8 @@ class RemoteEngine:
         self.base_url = base_url.rstrip("/")
         self.model_name = model or ""
         self.model_spec = self.base_url
-        self._timeout = httpx.Timeout(600.0, connect=connect_timeout_s)
+        # the SDK's own Timeout: its HTTP library (httpx2 today) refuses another library's
+        self._timeout = openai.Timeout(600.0, connect=connect_timeout_s)
         self._client = client or openai.OpenAI(base_url=self.base_url, api_key=api_key or "none", max_retries=0,
                                                timeout=self._timeout)
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
