@@ -28,7 +28,7 @@ import yaml
 
 from agents.personas import get_persona
 from bench import knowledge, machine, quality, scale, speed, tool_calls, tracing, weights
-from bench.load import ALONE, CORES, NEW_TOKENS, PROMPTS, PeakRss
+from bench.load import ALONE, CORES, NEW_TOKENS, PROMPTS, PeakRss, p95
 from common.engine.decoders import make_decoder
 from common.engine.loading import cpu_has_native_bf16, load_model, pick_dtype
 from harness.services import MODEL_CACHE, Service, expert, free_port, orchestrator_service
@@ -52,7 +52,7 @@ def load_wave(url: str, concurrency: int) -> dict:
     tokens = sum(r[1] for r in results)
     return {"concurrency": concurrency, "tokens": tokens, "wall_s": round(wall, 2),
             "tokens_per_s": round(tokens / wall, 1), "p50_s": round(statistics.median(latencies), 2),
-            "p95_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 2)}
+            "p95_s": round(p95(latencies), 2)}
 
 
 # This VM's speed drifts by a third from minute to minute, so whatever is compared is measured interleaved: a

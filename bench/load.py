@@ -41,3 +41,7 @@ class PeakRss:
 CORES = len(os.sched_getaffinity(0))
 ALONE = {"THREADS": str(CORES)}
 
+
+def p95(latencies: list[float]) -> float:
+    """The 95th percentile of sorted latencies (the nearest rank at or above it)."""
+    return latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]

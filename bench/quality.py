@@ -24,6 +24,7 @@ from pathlib import Path
 import requests
 import yaml
 
+from bench.load import p95
 from common import language
 from common.embedding import choose_embedder
 from common.text import is_degenerate, sentences
@@ -144,7 +145,7 @@ def summarize(rows: list[dict]) -> dict:
             "multi_generated": f"{sum(r['merge'] == 'generated' for r in multi)}/{len(multi)}",
             "experts_looped": sum(r["experts_looped"] for r in mine),
             "p50_s": round(statistics.median(latencies), 2),
-            "p95_s": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
+            "p95_s": p95(latencies),
         }
     return out
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import requests
 
-from bench.load import CORES
+from bench.load import CORES, p95
 from harness.scale import Stack
 
 WAVE = 16
@@ -38,7 +38,7 @@ def _wave(url: str, offset: int) -> dict:
     usage = [r[1]["usage"] for r in results]
     return {"wall_s": round(wall, 2), "runs_per_min": round(60 * WAVE / wall, 2),
             "p50_s": round(statistics.median(latencies), 2),
-            "p95_s": round(latencies[min(WAVE - 1, int(0.95 * WAVE))], 2),
+            "p95_s": round(p95(latencies), 2),
             "answered": sum(1 for r in results if r[1]["response"].strip()),
             "consultations_per_run": round(statistics.mean(
                 sum(e["calls"] for e in u["experts"].values()) for u in usage), 2),
