@@ -117,7 +117,7 @@ def create_app(settings: AgentSettings | None = None, engine=None, embedder=None
     metrics = install(app, settings, persona.id, f"Conclave expert: {persona.name}")
     db = Database(settings.database(f"sessions-{persona.id}.sqlite3"))
     sessions = SessionStore(db, settings.retain_days)
-    knowledge = Knowledge(open_store(settings.knowledge_url, settings.data_dir, persona.id),
+    knowledge = Knowledge(open_store(settings.knowledge_url, settings.data_dir, persona.id, opened=db),
                           embedder or (lambda: choose_embedder(settings.knowledge_embedder)), settings.knowledge_top_k,
                           settings.knowledge_min_score)
     knowledge.start(persona.knowledge_files(), persona.catalog_dir)

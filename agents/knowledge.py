@@ -281,10 +281,13 @@ class PgKnowledgeStore:
                 for doc, title, ord_, lead, body, distance in rows]
 
 
-def open_store(url: str | None, data_dir: Path, persona: str) -> KnowledgeStore | PgKnowledgeStore:
-    """The store the settings name: Postgres for a ``postgresql://`` URL, else SQLite in the data directory."""
+def open_store(url: str | None, data_dir: Path, persona: str,
+               opened: Database | None = None) -> KnowledgeStore | PgKnowledgeStore:
+    """The store the settings name: Postgres for a ``postgresql://`` URL, else SQLite in the data directory.
+    ``opened``: a database the caller opened already (its migrations ran); another URL is opened, and upgraded, here."""
     if url and url.startswith(("postgresql://", "postgres://")):
-        Database(url)  # its tables come of the migrations, upgraded here when the service's database is another
+        if opened is None or opened.url != url:
+            Database(url)  # the knowledge tables come of the migrations
         return PgKnowledgeStore(url, persona)
     return KnowledgeStore(data_dir / f"knowledge-{persona}.sqlite3")
 

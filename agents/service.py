@@ -49,6 +49,7 @@ from common.settings import AgentSettings
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class _Turn:
     """A /chat question under way: its generation, the passages it was given, the language asked for, and how long
@@ -145,7 +146,7 @@ class ExpertService:
         first_token_s = result.first_token_s
         timings = Timings(retrieval_ms=turn.retrieval_ms, queue_ms=int(result.queue_s * 1000),
                           first_token_ms=None if first_token_s is None else int(first_token_s * 1000),
-                          decode_ms=int((result.elapsed_s - (first_token_s or result.elapsed_s)) * 1000),
+                          decode_ms=0 if first_token_s is None else int((result.elapsed_s - first_token_s) * 1000),
                           grounding_ms=int((time.perf_counter() - started) * 1000))
         stored, warning = True, None
         if req.session_id:

@@ -81,9 +81,10 @@ class Database:
         self.url = url
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
-        self.where = parsed.database if self.dialect == "sqlite" else parsed.render_as_string(hide_password=True)
-        if self.dialect == "sqlite" and parsed.database:
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        self._file = parsed.database if self.dialect == "sqlite" else None  # None too for an in-memory SQLite
+        self.where = self._file or parsed.render_as_string(hide_password=True)
+        if self._file:
+            Path(self._file).parent.mkdir(parents=True, exist_ok=True)
         self.engine = sa.create_engine(sync_url(url), pool_pre_ping=self.dialect != "sqlite")
         if self.dialect == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -114,8 +115,8 @@ class Database:
                 finally:
                     connection.execute(sa.text("SELECT pg_advisory_unlock(hashtext('conclave-migrations'))"))
                     connection.commit()
-        elif self.dialect == "sqlite" and make_url(self.url).database:
-            with open(f"{make_url(self.url).database}.migrating", "w") as lock:
+        elif self._file:
+            with open(f"{self._file}.migrating", "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 yield
         else:
