@@ -53,7 +53,6 @@ def scale(work: Path) -> dict:
     waves: dict[str, list[dict]] = {"1": [], "2": []}
     try:
         for stack in stacks.values():
-            stack.root.mkdir(parents=True, exist_ok=True)
             stack.start()
         for stack in stacks.values():  # warm-up: models, embedders, the first plan compiled
             requests.post(f"{stack.orchestrator_lb}/integrate", json={"task": TASK.format("warm")}, timeout=1800)

@@ -62,6 +62,7 @@ class Stack:
     def start(self) -> Stack:
         import pgserver
 
+        self.root.mkdir(parents=True, exist_ok=True)
         self._pg = pgserver.get_server(Path(tempfile.mkdtemp(dir=self.root, prefix="pg")), cleanup_mode="stop")
         self.database_url = self._pg.get_uri()
         # every process its own thread: four models decode on two cores
