@@ -1,22 +1,25 @@
 """Answer quality of ``/integrate`` on the dev set (bench/quality_tasks.yaml), both strategies, embedded model.
 
-Per strategy and per language of the task (English, Chinese): degenerate final answers (common.text's loop
-detector), grounded share (sentences of the final answer whose best cosine to any expert-answer sentence is at least
-0.6 on MiniLM's scale), merge gain (the final answer's cosine to the task minus the best expert answer's),
-off-topic consultations on single-domain tasks, the share of single-domain tasks whose right expert answered from
-at least one passage of its knowledge base and, of those, the share whose final answer still cites a source (a merge
-must not lose the experts' citations), the share of each composition path, and p50/p95 latency. Answers are
-scored with the multilingual embedder the composer uses (common/embedding.py), so Chinese tasks are read, not
-guessed at. The strategies run interleaved, task by task, one request at a time.
+Per strategy and per language of the task (English, Chinese): degenerate final answers (common.text's loop detector),
+grounded share (sentences of the final answer whose best cosine to any expert-answer sentence is at least 0.6 on
+MiniLM's scale), merge gain (the final answer's cosine to the task minus the best expert answer's), how on-topic the
+final answer is (that cosine itself, so answers that got shorter or faster show whether they lost substance) and its
+median length, off-topic consultations on single-domain tasks, the share of single-domain tasks whose right expert
+answered from at least one passage of its knowledge base and, of those, the share whose final answer still cites a
+source (a merge must not lose the experts' citations), the share of each composition path, and p50/p95 latency.
+Answers are scored with the multilingual embedder the composer uses (common/embedding.py), so Chinese tasks are read,
+not guessed at. The strategies run interleaved, task by task, one request at a time.
 
 ``python -m bench.quality [N]`` runs N tasks spread over the set and prints each answer and the table (``make bench``
-runs them all).
+runs them all); ``--against REVISION`` runs a git revision's code beside this checkout's, interleaved, for a
+before/after comparison on one machine.
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
-import sys
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +31,7 @@ from bench.load import p95
 from common import language
 from common.embedding import choose_embedder
 from common.text import is_degenerate, sentences
-from harness.services import expert, orchestrator_service
+from harness.services import ROOT, expert, orchestrator_service
 
 HERE = Path(__file__).parent
 STRATEGIES = ("react", "panel")
@@ -56,7 +59,9 @@ def score(embed, task: str, body: dict, expected: list[str]) -> dict:
         "answer_cites": any(c["cited"] for c in body["sources"]),
         "degenerate": is_degenerate(final),
         "grounded_share": round(sum(grounded) / len(grounded), 3),
+        "on_topic": round(float(embed.score(final_v @ query)), 3),
         "merge_gain": round(float(embed.score(final_v @ query)) - best, 3),
+        "chars": len(final),
         "off_topic": len(expected) == 1 and any(e not in expected for e in consulted),
         "missed": [e for e in expected if e not in consulted],
         "experts_looped": sum(is_degenerate(a) for a in answers),
@@ -82,47 +87,77 @@ def timings(body: dict) -> dict:
             "expert_output_tokens": sum(e["output_tokens"] for e in body["usage"]["experts"].values())}
 
 
-def breakdown(rows: list[dict]) -> dict:
-    """Per strategy, the median of each part of :func:`timings`."""
-    return {strategy: {part: round(statistics.median(r["timings"][part] for r in mine), 1)
-                       for part in mine[0]["timings"]}
-            for strategy in STRATEGIES if (mine := [r for r in rows if r["strategy"] == strategy])}
+def breakdown(rows: list[dict], labels: tuple[str, ...] = STRATEGIES) -> dict:
+    """Per strategy (``labels``: with the revision run beside it), the median of each part of :func:`timings`."""
+    return {label: {part: round(statistics.median(r["timings"][part] for r in mine), 1)
+                    for part in mine[0]["timings"]}
+            for label in labels if (mine := [r for r in rows if r["strategy"] == label])}
 
 
-def quality(work: Path, limit: int | None = None) -> dict:
+def _stack(work: Path, root: Path) -> list:
+    """Two experts and an orchestrator running the code of the checkout at ``root``, on the product's own defaults
+    (what a user of `make run` gets)."""
+    ai = expert("ai_expert", work / "ai", root=root).start()
+    law = expert("law_expert", work / "law", root=root).start()
+    orch = orchestrator_service(work / "orch", [ai.url, law.url], env={"EXPERT_MAX_NEW_TOKENS": None},
+                                root=root).start()
+    return [orch, ai, law]
+
+
+def _worktree(work: Path, revision: str) -> Path:
+    """A detached checkout of ``revision`` (its services run from there; it shares this checkout's model cache)."""
+    path = work / f"rev-{revision}"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), revision], check=True,
+                   capture_output=True)
+    return path
+
+
+def quality(work: Path, limit: int | None = None, against: str | None = None) -> dict:
+    """Every task through both strategies. With ``against`` (a git revision), the same tasks also run on that
+    revision's code, interleaved task by task (before, after; then after, before), so the two are compared on one
+    machine in one run."""
     tasks = yaml.safe_load((HERE / "quality_tasks.yaml").read_text())
     if limit:  # evenly spread over the set, so a quick run still sees every kind of task
         tasks = tasks[:: max(1, len(tasks) // limit)][:limit]
-    ai = expert("ai_expert", work / "q-ai").start()
-    law = expert("law_expert", work / "q-law").start()
-    # The product's own defaults: what a user of `make run` gets.
-    orch = orchestrator_service(work / "q-orch", [ai.url, law.url], env={"EXPERT_MAX_NEW_TOKENS": "256"}).start()
+    roots = {"": ROOT}
+    if against:
+        roots = {against: _worktree(work, against), "now": ROOT}
+    stacks: dict[str, list] = {}
     embed = choose_embedder("auto")
     rows: list[dict] = []
     try:
-        for item in tasks:
+        for variant, root in roots.items():
+            stacks[variant] = _stack(work / (variant or "now"), root)
+        for n, item in enumerate(tasks):
+            order = list(roots) if n % 2 == 0 else list(reversed(roots))
             for strategy in STRATEGIES:
-                started = time.perf_counter()
-                resp = requests.post(f"{orch.url}/integrate", json={"task": item["task"], "strategy": strategy},
-                                     timeout=1800)
-                resp.raise_for_status()
-                body = resp.json()
-                rows.append({"task": item["task"], "strategy": strategy, "expected": item["experts"],
-                             "latency_s": round(time.perf_counter() - started, 2), "experts": body["experts"],
-                             "response": body["response"], "why": body["checks"]["why"],
-                             "relevance": body["checks"]["expert_relevance"], "timings": timings(body),
-                             **score(embed, item["task"], body, item["experts"])})
+                for variant in order:
+                    started = time.perf_counter()
+                    resp = requests.post(f"{stacks[variant][0].url}/integrate",
+                                         json={"task": item["task"], "strategy": strategy}, timeout=1800)
+                    resp.raise_for_status()
+                    body = resp.json()
+                    rows.append({"task": item["task"], "strategy": f"{strategy} {variant}".strip(),
+                                 "expected": item["experts"], "latency_s": round(time.perf_counter() - started, 2),
+                                 "experts": body["experts"], "response": body["response"],
+                                 "why": body["checks"]["why"], "relevance": body["checks"]["expert_relevance"],
+                                 "timings": timings(body), **score(embed, item["task"], body, item["experts"])})
     finally:
-        orch.stop()
-        ai.stop()
-        law.stop()
-    return {"tasks": len(tasks), "summary": summarize(rows), "breakdown": breakdown(rows), "rows": rows}
+        for services in stacks.values():
+            for service in services:
+                service.stop()
+        if against:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(roots[against])],
+                           capture_output=True)
+    labels = [f"{s} {v}".strip() for s in STRATEGIES for v in roots]
+    return {"tasks": len(tasks), "summary": summarize(rows, labels), "breakdown": breakdown(rows, labels),
+            "rows": rows}
 
 
-def summarize(rows: list[dict]) -> dict:
-    """Per strategy, and per strategy and language ("react/zh")."""
+def summarize(rows: list[dict], labels: tuple[str, ...] = STRATEGIES) -> dict:
+    """Per strategy (``labels``: with the revision run beside it), and per strategy and language ("react/zh")."""
     out = {}
-    groups = [(s, None) for s in STRATEGIES] + [(s, lang) for s in STRATEGIES for lang in ("en", "zh")]
+    groups = [(s, None) for s in labels] + [(s, lang) for s in labels for lang in ("en", "zh")]
     for strategy, lang in groups:
         mine = [r for r in rows if r["strategy"] == strategy and lang in (None, r["language"])]
         if not mine:
@@ -137,6 +172,8 @@ def summarize(rows: list[dict]) -> dict:
             "grounded_share_mean": round(statistics.mean(r["grounded_share"] for r in mine), 3),
             "merge_gain_ok_share": round(sum(r["merge_gain"] >= -0.05 for r in mine) / len(mine), 3),
             "merge_gain_mean": round(statistics.mean(r["merge_gain"] for r in mine), 3),
+            "on_topic_mean": round(statistics.mean(r["on_topic"] for r in mine), 3),
+            "chars_p50": int(statistics.median(r["chars"] for r in mine)),
             "off_topic_share": round(sum(r["off_topic"] for r in single) / max(len(single), 1), 3),
             "right_expert_sourced": round(sum(r["right_expert_sourced"] for r in single) / max(len(single), 1), 3),
             "sourced_answer_cites": round(sum(r["answer_cites"] for r in sourced) / max(len(sourced), 1), 3),
@@ -155,26 +192,30 @@ def report(q: dict) -> None:
     print("targets, in each language: 0 degenerate | merge gain >= -0.05 on >= 90% | grounded share >= 0.8 | react "
           "off-topic <= 10% | Chinese single-domain: the right expert answers from a passage on >= 80% | an answer "
           "from passages cites one")
-    cols = ("tasks", "degenerate", "grounded_share_mean", "merge_gain_ok_share", "merge_gain_mean", "off_topic_share",
+    cols = ("tasks", "degenerate", "grounded_share_mean", "merge_gain_ok_share", "merge_gain_mean", "on_topic_mean",
+            "chars_p50", "off_topic_share",
             "right_expert_sourced", "sourced_answer_cites", "multi_all_consulted", "multi_generated", "experts_looped",
             "p50_s", "p95_s")
-    print(f"{'strategy':>8} | " + " | ".join(cols) + " | paths")
+    print(f"{'strategy':>14} | " + " | ".join(cols) + " | paths")
     for strategy, s in q["summary"].items():
-        print(f"{strategy:>8} | " + " | ".join(str(s[c]) for c in cols) + f" | {s['paths']}")
+        print(f"{strategy:>14} | " + " | ".join(str(s[c]) for c in cols) + f" | {s['paths']}")
     print("\n== Where /integrate's time goes on those tasks (medians, ms; from each run's own steps and usage; the "
           "expert_ parts summed over the run's consultations, as each expert measured them) ==")
     parts = ("total_ms", "before_first_ms", "consult_wall_ms", "consult_sum_ms", "consultations",
              "expert_retrieval_ms", "expert_queue_ms", "expert_first_token_ms", "expert_decode_ms", "own_model_ms",
              "own_model_calls", "compose_ms", "expert_output_tokens")
-    print(f"{'strategy':>8} | " + " | ".join(parts))
+    print(f"{'strategy':>14} | " + " | ".join(parts))
     for strategy, b in q["breakdown"].items():
-        print(f"{strategy:>8} | " + " | ".join(str(b[p]) for p in parts))
+        print(f"{strategy:>14} | " + " | ".join(str(b[p]) for p in parts))
 
 
 def main() -> None:
-    limit = int(sys.argv[1]) if len(sys.argv) > 1 else None
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("limit", nargs="?", type=int, help="N tasks spread over the set (default: all)")
+    parser.add_argument("--against", metavar="REVISION", help="also run a git revision's code, interleaved")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        q = quality(Path(tmp), limit)
+        q = quality(Path(tmp), args.limit, args.against)
     for r in q["rows"]:
         print(f"--- [{r['strategy']}] {r['task']} -> {r['experts']} {r['merge']} gain {r['merge_gain']} grounded "
               f"{r['grounded_share']} {r['latency_s']}s {r['relevance']} {r['why']}\n{r['response'][:400]}")

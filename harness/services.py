@@ -27,19 +27,20 @@ class Service:
     """One service process. ``start()`` waits until ``/ready`` answers 200 (or ``/health`` with wait='health')."""
 
     def __init__(self, module: str, args: list[str], data_dir: Path, env: dict[str, str] | None = None,
-                 port: int | None = None, log_name: str | None = None):
-        self.module, self.args = module, args
+                 port: int | None = None, log_name: str | None = None, root: Path = ROOT):
+        """``root``: the checkout whose code runs (another revision's worktree, for before/after benchmarks)."""
+        self.module, self.args, self.root = module, args, Path(root)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = Path(data_dir)
-        self.env = {
+        self.env = {name: value for name, value in {
             **os.environ,
             "DATA_DIR": str(self.data_dir),
             "CACHE_DIR": str(MODEL_CACHE),
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": str(self.root),
             "LOG_LEVEL": "WARNING",
             **(env or {}),
-        }
+        }.items() if value is not None}  # None in ``env``: left unset, so the service's own default holds
         self.log_path = self.data_dir / f"{log_name or module}-{self.port}.log"
         self.proc: subprocess.Popen | None = None
 
@@ -47,7 +48,7 @@ class Service:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module, *self.args], env=self.env, cwd=ROOT,
+            [sys.executable, "-m", self.module, *self.args], env=self.env, cwd=self.root,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.wait(wait, timeout)
