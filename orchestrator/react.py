@@ -4,7 +4,8 @@ The grammar admits only ``<thought>\\nAction: <known tool>\\nAction Input: <one 
 ``<thought>\\nFinal Answer: <text>``, so the output parser below cannot fail on what the model writes, and the
 "Invalid Format: Missing 'Action:'" loop of local models cannot happen. Which tools a step may name, and whether it may
 finish yet, follows the routing policy: with ``ranking``, a clear semantic ranking decides who is consulted (the best
-expert and close runners-up). The loop only decides whom to ask: the answer is written by ``orchestrator.composer``.
+expert and close runners-up), all at once, and the steps it decides are not generated. The loop only decides whom to
+ask: the answer is written by ``orchestrator.composer``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,9 +61,8 @@ FINISHED = Decided(" The experts the task needs have answered.\nFinal Answer: co
 
 @dataclass(frozen=True)
 class StepForm:
-    """What one ReAct step (the text after 'Thought:') may say: name only ``tools`` (none: it must finish), finish
-    only if ``allow_final``, and when ``question`` is given ask exactly that. Finishing takes one line: the composer
-    writes the answer.
+    """What one ReAct step (the text after 'Thought:') may say: name only ``tools`` (none: it must finish), and finish
+    only if ``allow_final``. Finishing takes one line: the composer writes the answer.
 
     A server that takes grammars decodes the step as ReAct text under ``grammar()``; one that takes only JSON schemas
     (OpenAI, Ollama, TGI) decodes ``schema()``, and ``from_json`` writes the same ReAct text from it, so the agent
@@ -69,7 +70,6 @@ class StepForm:
 
     tools: tuple[str, ...]
     allow_final: bool
-    question: str | None = None
 
     @property
     def may_finish(self) -> bool:
@@ -77,22 +77,19 @@ class StepForm:
 
     def grammar(self) -> str:
         branches = (["action"] if self.tools else []) + (["final"] if self.may_finish else [])
-        free_question = f"[^\\n]{{1,{INPUT_MAX_CHARS}}}"
-        question_rule = json.dumps(self.question, ensure_ascii=False) if self.question is not None else free_question
         rules = [
             f"root ::= thought \"\\n\" ({' | '.join(branches)})",
             f"thought ::= \" \" [^\\n]{{1,{THOUGHT_MAX_CHARS}}}",
             f'final ::= "Final Answer: " [^\\n]{{1,{THOUGHT_MAX_CHARS}}}',
         ]
         if self.tools:
-            rules += [f"action ::= \"Action: \" tool \"\\nAction Input: \" {question_rule}",
+            rules += [f"action ::= \"Action: \" tool \"\\nAction Input: \" [^\\n]{{1,{INPUT_MAX_CHARS}}}",
                       f"tool ::= {' | '.join(json.dumps(t) for t in self.tools)}"]
         return "\n".join(rules)
 
     def schema(self) -> dict:
         actions = [*self.tools, *([FINAL] if self.may_finish else [])]
-        question = ({"type": "string", "enum": [self.question]} if self.question is not None
-                    else {"type": "string", "minLength": 1, "maxLength": INPUT_MAX_CHARS})
+        question = {"type": "string", "minLength": 1, "maxLength": INPUT_MAX_CHARS}
         return {"type": "object", "additionalProperties": False, "required": ["thought", "action", "input"],
                 "properties": {"thought": {"type": "string", "minLength": 1, "maxLength": THOUGHT_MAX_CHARS},
                                "action": {"type": "string", "enum": actions},
@@ -104,7 +101,7 @@ class StepForm:
         thought, action, value = (" ".join(str(step[k]).split()) for k in ("thought", "action", "input"))
         if action == FINAL:
             return f" {thought}\nFinal Answer: {value}"
-        return f" {thought}\nAction: {action}\nAction Input: {self.question if self.question is not None else value}"
+        return f" {thought}\nAction: {action}\nAction Input: {value}"
 
 
 class GrammarStepParser(AgentOutputParser):
@@ -131,10 +128,11 @@ class GrammarStepParser(AgentOutputParser):
 class RoutingPolicy:
     """Which experts the next step may name, and whether it may finish, given who has been consulted.
 
-    ``required`` experts are consulted first, in order, with the task itself as the question: a weak model picks
-    and phrases worse than the ranking and the user do. In ``ranking`` mode they are the only ones: a small model
-    left to choose more consults the other domain's expert on nearly every task, and that answer pollutes the result.
-    In ``llm`` mode a strong model chooses freely and decides when it has enough.
+    ``required`` experts are consulted first, with the task itself as the question: a weak model picks and phrases
+    worse than the ranking and the user do. Such a step has nothing left to decide, so it is :class:`Decided`, not
+    generated (its thought is the ranking's reason). In ``ranking`` mode they are the only ones: a small model left to
+    choose more consults the other domain's expert on nearly every task, and that answer pollutes the result. In
+    ``llm`` mode a strong model chooses freely and decides when it has enough.
     """
 
     tools: list[str]
@@ -146,15 +144,19 @@ class RoutingPolicy:
     def next_step(self, consulted: list[str], answered: list[str]) -> tuple[StepForm | Decided, str]:
         pending = [t for t in self.required if t not in consulted]
         if pending:
-            return StepForm((pending[0],), allow_final=False, question=self.task), "ranking"
+            return self._decided(pending[0]), "ranking"
         if self.mode != "ranking" or not consulted:
             return StepForm(tuple(self.tools), allow_final=bool(consulted)), "llm"
         if not answered:  # every chosen expert failed: the best-ranked one left stands in for them
             spare = [t for t in self.tools if t not in consulted]
             if spare:
                 self.reasons[spare[0]] = f"stands in for {', '.join(consulted)}, which did not answer"
-                return StepForm((spare[0],), allow_final=False, question=self.task), "ranking"
+                return self._decided(spare[0]), "ranking"
         return FINISHED, "ranking"
+
+    def _decided(self, name: str) -> Decided:
+        """The step that asks ``name`` the task, written out: the ranking chose it, so the model is not called."""
+        return Decided(f" {self.reasons[name]}\nAction: {name}\nAction Input: {self.task}")
 
     def reason(self, name: str, thought: str) -> str:
         return self.reasons.get(name) or f"chosen by the model: {thought or 'no reason given'}"
@@ -186,7 +188,11 @@ class _ThoughtCapture(BaseCallbackHandler):
 
 def run_react(engine, task: str, experts: list, ranking: list[Ranked], trace: RunTrace, *, max_steps: int,
               routing: str, ratio: float, expert_max_new_tokens: int) -> bool:
-    """Run the constrained ReAct loop, which decides whom to consult. True when it hit its step or time limit."""
+    """Run the constrained ReAct loop, which decides whom to consult. True when it hit its step or time limit.
+
+    The experts the ranking requires are asked at once, in parallel, as the loop starts: their steps are decided, so
+    waiting for one before asking the next would only add their times up. The loop's steps then take their answers.
+    """
     by_name = {e.name: e for e in experts}
     ranked = [r for r in ranking if r.name in by_name]
     policy = plan_routing(ranked, routing, ratio, task)
@@ -200,9 +206,11 @@ def run_react(engine, task: str, experts: list, ranking: list[Ranked], trace: Ru
 
     def make_tool(expert) -> Tool:
         def consult(question: str) -> str:
-            step = trace.consult(expert, question, capture.thought, chosen.get("by"),
-                                 ranking_record if not trace.steps else None, expert_max_new_tokens,
-                                 reason=policy.reason(expert.name, capture.thought))
+            asked = ahead.pop(expert.name, None)
+            thought = capture.thought if chosen.get("by") == "llm" else ""  # a decided step's thought is its reason
+            step = asked.result() if asked is not None else trace.consult(
+                expert, question, thought, chosen.get("by"), ranking_record if not trace.steps else None,
+                expert_max_new_tokens, reason=policy.reason(expert.name, thought))
             return step.observation
 
         return Tool(name=expert.name, func=consult, description=expert.description)
@@ -217,11 +225,17 @@ def run_react(engine, task: str, experts: list, ranking: list[Ranked], trace: Ru
     executor = AgentExecutor(agent=agent, tools=tools, max_iterations=max_steps,
                              max_execution_time=trace.remaining_s(),
                              early_stopping_method="force", handle_parsing_errors=True)
-    try:
-        output = (executor.invoke({"input": task}, config={"callbacks": [capture]}).get("output") or "").strip()
-    except EngineError as exc:  # a remote brain whose step broke its constraint twice, or failed: the ranking decides
-        log.warning("ReAct step failed, the run degrades to the ranking's choice: %s", exc)
-        output = ""
+    ahead: dict[str, Future] = {}
+    with ThreadPoolExecutor(max_workers=max(1, len(policy.required))) as pool:  # its exit waits for every answer
+        for n, name in enumerate(policy.required):
+            ahead[name] = pool.submit(trace.consult, by_name[name], task, "", "ranking",
+                                      ranking_record if n == 0 else None, expert_max_new_tokens,
+                                      reason=policy.reasons[name])
+        try:
+            output = (executor.invoke({"input": task}, config={"callbacks": [capture]}).get("output") or "").strip()
+        except EngineError as exc:  # a remote brain's step broke its constraint twice, or failed: the ranking decides
+            log.warning("ReAct step failed, the run degrades to the ranking's choice: %s", exc)
+            output = ""
     # A step that did not come out whole must not cost the run its experts: the ranking's choice is asked directly.
     # With the model choosing freely (routing 'llm'), that is the first-ranked expert when nobody was consulted.
     if not policy.required and not trace.consulted and ranked:

@@ -74,12 +74,13 @@ def test_a_panel_run_is_one_trace_of_agent_tool_and_model_spans_with_the_runs_to
 
 def test_the_orchestrators_own_model_calls_are_its_usage_and_prices_make_a_cost(tmp_path, live_expert):
     law = live_expert("law_expert", "Article 28 requires a processing contract.")
-    client, brain = make_client(tmp_path, [law.url], [step("The lawyer knows this.", "law_expert", LAW_TASK)],
-                                prices={"fake-model": (1.0, 2.0)})  # per million tokens, input and output
+    client, brain = make_client(tmp_path, [law.url], [step("The lawyer knows this.", "law_expert", LAW_TASK),
+                                                      " It answered.\nFinal Answer: the contract"],
+                                prices={"fake-model": (1.0, 2.0)}, routing="llm")  # per million tokens, in and out
     body = client.post("/integrate", json={"task": LAW_TASK}).get_json()
     own, law_usage, total = (body["usage"][k] for k in ("orchestrator", "experts", "total"))
     law_usage = law_usage["law_expert"]
-    assert own["calls"] == len(brain.requests) == 1 and own["output_tokens"] > 0
+    assert own["calls"] == len(brain.requests) == 2 and own["output_tokens"] > 0  # the model's two ReAct steps
     assert own["cost"] == pytest.approx((own["input_tokens"] + 2 * own["output_tokens"]) / 1e6)
     assert law_usage["calls"] == 1 and law_usage["input_tokens"] == body["steps"][0]["usage"]["prompt_tokens"]
     assert law_usage["cost"] == pytest.approx((law_usage["input_tokens"] + 2 * law_usage["output_tokens"]) / 1e6)
