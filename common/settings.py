@@ -52,9 +52,10 @@ class EngineSettings(BaseSettings):
     remote_dialect: Literal["auto", "vllm", "llamacpp", "tgi", "ollama", "openai"] = Field(
         "auto", description="How constraints are sent to the remote server; auto: detected from what it serves.")
     threads: int = Field(
-        0, ge=0, le=1024, description="CPU threads of the local engine. 0: half the cores (at least one), because "
-        "the experts of one host decode at the same time in a panel, and two processes that each spin on every core "
-        "slow each other down tenfold or more. Set the core count for an expert that has the host to itself.",
+        0, ge=0, le=1024, description="CPU threads of the local engine. 0: every core where it decodes float32 on "
+        "the CPU (processes sharing the cores lose little to each other there, and one answering alone gets them "
+        "all), half of them with bfloat16 or 4-bit weights, whose short kernels make processes that each spin on "
+        "every core slow each other fiftyfold. Set the core count for an expert that has the host to itself.",
     )
     max_batch_size: int = Field(16, ge=1, le=256, description="Rows decoded together by the local engine.")
     max_queue: int = Field(64, ge=1, description="Requests waiting beyond this are refused with 429.")
@@ -210,7 +211,10 @@ class OrchestratorSettings(WebSettings, EngineSettings):
                           description="Runs of /integrate (and A2A/MCP tasks) at once; more get 429.")
     max_steps: int = Field(4, ge=1, le=20, validation_alias="MAX_STEPS")
     run_timeout_s: float = Field(900.0, gt=0, validation_alias="RUN_TIMEOUT")
-    expert_max_new_tokens: int = Field(256, ge=1, validation_alias="EXPERT_MAX_NEW_TOKENS")
+    expert_max_new_tokens: int = Field(
+        128, ge=1, validation_alias="EXPERT_MAX_NEW_TOKENS",
+        description="Answer tokens asked of each expert. Decoding them is most of a run's time; the embedded model's "
+        "answers past about 128 tokens mostly restate or drift, and an answer cut by the budget ends at a sentence.")
     routing: Literal["ranking", "llm"] = Field(
         "ranking",
         validation_alias="ROUTING",
