@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -36,10 +37,12 @@ def test_seed_curl_gets_a_coherent_persona_answer(law_expert):
     assert t["first_token_ms"] + t["decode_ms"] <= body["elapsed_ms"] + 1 and t["decode_ms"] > 0
 
 
-def test_ready_names_the_dtype_this_cpu_gets(law_expert):
+def test_ready_names_the_dtype_and_threads_this_cpu_gets(law_expert):
     body = requests.get(f"{law_expert.url}/ready", timeout=10).json()
     expected = "bfloat16" if cpu_has_native_bf16() else "float32"
     assert (body["dtype"], body["device"], body["decoder"]) == (expected, "cpu", "LlamaDecoder")
+    cores = len(os.sched_getaffinity(0))  # float32's long matmuls share the cores well; bfloat16's short kernels not
+    assert body["threads"] == (cores if expected == "float32" else max(1, cores // 2))
 
 
 def test_streaming_chat_deltas_add_up_to_the_final_answer(law_expert):
