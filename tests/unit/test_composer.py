@@ -103,3 +103,34 @@ def test_no_answer_is_said_plainly():
     failed = [Step(expert="law_expert", observation="law_expert did not answer within 5s", ok=False)]
     result, _ = compose("unused", failed)
     assert result.merge == "none" and "did not answer within 5s" in result.response
+
+
+def test_a_model_whose_merges_keep_failing_stops_paying_for_them_but_tries_again_now_and_then():
+    from orchestrator.composer import MERGE_HISTORY
+
+    sourced = Step(expert="law_expert", input=TASK, observation="The GDPR regulation requires a contract [1]. The "
+                   "contract must bind the processor.", sources=[Source(number=1, document="doc_gdpr", title="GDPR",
+                                                                        chunk=0, score=0.9, cited=True, text="GDPR")])
+    steps = [sourced, *answers(LAW_B, expert_names=("other_lawyer",))]
+    loses_the_cited_fact = "The contract binds the processor. A contract under the regulation binds the processor."
+    engine = ScriptedEngine([loses_the_cited_fact] * (2 * MERGE_HISTORY))
+    composer = Composer(engine, WordsEmbedder())
+    failed = [composer.compose(TASK, steps) for _ in range(MERGE_HISTORY)]
+    assert all("leaves out 1" in r.checks.why for r in failed) and len(engine.requests) == MERGE_HISTORY
+    skipped = [composer.compose(TASK, steps) for _ in range(MERGE_HISTORY - 1)]
+    assert len(engine.requests) == MERGE_HISTORY  # no generation: the same extractive answer at once, saying why
+    assert all(r.merge == "extractive" and r.checks.why.startswith("not merged: the last") for r in skipped)
+    assert {r.response for r in skipped} == {r.response for r in failed}
+    composer.compose(TASK, steps)
+    assert len(engine.requests) == MERGE_HISTORY + 1  # the MERGE_HISTORY-th run tried again
+
+
+def test_one_passing_merge_among_the_recent_ones_keeps_merging_on():
+    from orchestrator.composer import MERGE_HISTORY
+
+    good = "The GDPR regulation requires a contract. The contract binds the processor."
+    engine = ScriptedEngine(["Neural networks compute."] * (MERGE_HISTORY - 1) + [good] * (MERGE_HISTORY + 1))
+    composer = Composer(engine, WordsEmbedder())
+    for _ in range(2 * MERGE_HISTORY):
+        composer.compose(TASK, answers(LAW_A, LAW_B))
+    assert len(engine.requests) == 2 * MERGE_HISTORY
