@@ -19,6 +19,7 @@ import logging
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,6 +313,7 @@ class Grounded:
 
 
 CATALOG = "catalog:"  # sources that come from the persona catalog's knowledge globs
+KNOWN_VECTORS = 4096  # texts whose vectors Knowledge.vectors keeps (6 MB at 384 dimensions)
 
 
 class Knowledge:
@@ -324,6 +326,8 @@ class Knowledge:
         self.store, self._embedder, self.top_k, self._min_score = store, embedder, top_k, min_score
         self._embed: SentenceEmbedder | None = None
         self._lock = threading.Lock()
+        self._known: OrderedDict[str, np.ndarray] = OrderedDict()  # text -> vector, least recently used first
+        self._known_lock = threading.Lock()
         self.ready = threading.Event()
         self.error: str | None = None
 
@@ -377,8 +381,22 @@ class Knowledge:
         return results
 
     def vectors(self, texts: list[str]) -> np.ndarray:
-        """Texts compared with each other and with passages: questions, answer and source sentences."""
-        return _array(self._embedding()(texts))
+        """Texts compared with each other and with passages: questions, answer and source sentences. The last
+        :data:`KNOWN_VECTORS` texts' vectors are kept: grounding embeds every sentence of each retrieved passage (twice)
+        for each answer, and the passages of one knowledge base come back question after question."""
+        with self._known_lock:
+            found = {t: self._known[t] for t in texts if t in self._known}
+            for t in found:
+                self._known.move_to_end(t)
+        missing = list(dict.fromkeys(t for t in texts if t not in found))
+        if missing:
+            # rows copied: a view would keep its whole batch's array alive as long as any row of it is kept
+            found.update(zip(missing, (row.copy() for row in _array(self._embedding()(missing))), strict=True))
+            with self._known_lock:
+                self._known.update((t, found[t]) for t in missing)
+                while len(self._known) > KNOWN_VECTORS:
+                    self._known.popitem(last=False)
+        return np.stack([found[t] for t in texts]) if texts else np.zeros((0, DIMENSIONS), dtype=np.float32)
 
     def passage_vectors(self, texts: list[str]) -> np.ndarray:
         return _array(self._embedding().passages(texts))

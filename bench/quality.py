@@ -73,7 +73,8 @@ def timings(body: dict) -> dict:
     """Where one run's time went, from its own JSON: before the first consultation (routing, the first ReAct step),
     the consultations (wall time from the first start to the last end, and the sum of their times: more than the wall
     when they ran in parallel) and, inside them as each expert measured it, retrieval, the wait for the engine, the
-    time to the first text and decoding; the orchestrator's own model (ReAct steps and the merge), the composition."""
+    time to the first text, decoding and grounding its sentences in its passages; the orchestrator's own model (ReAct
+    steps and the merge), the composition."""
     steps = [s for s in body["steps"] if s["expert"]]
     first = min((s["started_ms"] for s in steps), default=0)
     last = max((s["started_ms"] + s["elapsed_ms"] for s in steps), default=0)
@@ -81,7 +82,7 @@ def timings(body: dict) -> dict:
     return {"total_ms": body["elapsed_ms"], "before_first_ms": first, "consult_wall_ms": last - first,
             "consult_sum_ms": sum(s["elapsed_ms"] for s in steps), "consultations": len(steps),
             **{f"expert_{part}_ms": sum(t[f"{part}_ms"] or 0 for t in inside)
-               for part in ("retrieval", "queue", "first_token", "decode")},
+               for part in ("retrieval", "queue", "first_token", "decode", "grounding")},
             "own_model_ms": body["usage"]["orchestrator"]["elapsed_ms"],
             "own_model_calls": body["usage"]["orchestrator"]["calls"], "compose_ms": body["synthesis_ms"],
             "expert_output_tokens": sum(e["output_tokens"] for e in body["usage"]["experts"].values())}
@@ -202,7 +203,8 @@ def report(q: dict) -> None:
     print("\n== Where /integrate's time goes on those tasks (medians, ms; from each run's own steps and usage; the "
           "expert_ parts summed over the run's consultations, as each expert measured them) ==")
     parts = ("total_ms", "before_first_ms", "consult_wall_ms", "consult_sum_ms", "consultations",
-             "expert_retrieval_ms", "expert_queue_ms", "expert_first_token_ms", "expert_decode_ms", "own_model_ms",
+             "expert_retrieval_ms", "expert_queue_ms", "expert_first_token_ms", "expert_decode_ms",
+             "expert_grounding_ms", "own_model_ms",
              "own_model_calls", "compose_ms", "expert_output_tokens")
     print(f"{'strategy':>14} | " + " | ".join(parts))
     for strategy, b in q["breakdown"].items():

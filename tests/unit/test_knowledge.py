@@ -178,6 +178,29 @@ def test_an_answer_leads_with_the_passages_best_sentence_and_cites_what_supports
     assert "Breaches are serious." in grounded.text  # unsupported but not contradicted: kept, uncited
 
 
+def test_grounding_embeds_a_passages_sentences_once_and_answers_the_same(tmp_path):
+    embedded: list[str] = []
+
+    class Counting(WordsEmbedder):
+        def __call__(self, texts):
+            embedded.extend(texts)
+            return super().__call__(texts)
+
+    k = Knowledge(KnowledgeStore(tmp_path / "k.sqlite3"), Counting, min_score=0.1)
+    k.ingest("breach.md", BREACH)
+    question = "Within how many hours must the controller notify the supervisory authority of a breach?"
+    passages = k.retrieve(question)
+    answer = "Breaches are serious. A processor must notify the controller without undue delay."
+    embedded.clear()
+    first = k.ground(question, answer, passages)
+    once = len(embedded)
+    again = k.ground(question, answer, passages)
+    assert again == first and len(embedded) == once  # every vector the second time came from what was kept
+    other = k.ground(question, "The controller notifies the authority.", passages)
+    assert embedded[once:] == ["The controller notifies the authority."]  # only the new answer's sentence
+    assert other.cited
+
+
 def test_a_sentence_with_figures_its_source_lacks_is_dropped(knowledge, tmp_path):
     k = knowledge(min_score=0.1)
     k.ingest("breach.md", BREACH)
