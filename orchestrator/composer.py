@@ -130,15 +130,21 @@ class Composer:
         cleaned = [(i, s, parts) for i, s, parts in cleaned if parts]
         if not cleaned:
             return None, []
-        texts = [task] + [s.observation for _, s, _ in cleaned] + [" ".join(p) for _, _, p in cleaned]
+        # The answer as the expert gave it is embedded apart only where cleaning took something out of it: long texts
+        # are most of the embedding's time, and otherwise it says what the clean answer says.
+        changed = [k for k, (_, s, parts) in enumerate(cleaned) if parts != sentences(s.observation)]
+        texts = [task, *(join_sentences(parts) for _, _, parts in cleaned)]
+        texts += [cleaned[k][1].observation for k in changed]
         texts += [p for _, _, parts in cleaned for p in parts]
         vectors = self.embed(texts)
         query, n = vectors[0], len(cleaned)
-        out, row = [], 1 + 2 * n
+        raw_rows = {k: 1 + n + j for j, k in enumerate(changed)}
+        out, row = [], 1 + n + len(changed)
         for k, (i, s, parts) in enumerate(cleaned):
-            out.append(_Answer(i, s.expert, parts, vectors[row: row + len(parts)],
-                               relevance=self._similarity(vectors[1 + n + k], query),
-                               raw_relevance=self._similarity(vectors[1 + k], query)))
+            relevance = self._similarity(vectors[1 + k], query)
+            out.append(_Answer(i, s.expert, parts, vectors[row: row + len(parts)], relevance=relevance,
+                               raw_relevance=self._similarity(vectors[raw_rows[k]], query) if k in raw_rows
+                               else relevance))
             row += len(parts)
         return query, out
 
@@ -229,17 +235,21 @@ class Composer:
                 chosen.append(_Scored(text, [answer.expert], [answer.step]))
                 chosen_vectors.append(vector[None])
         chosen = _fit(chosen, EXTRACT_MAX_CHARS)
-        final, relevance = self._scored_text(chosen, query)
+        final, relevance = self._scored_text(chosen, query, first)
         if relevance < best - MERGE_MARGIN and len(chosen) > len(first.sentences):
             # what the others added diluted the answer: the best answer alone, cleaned, is never worse than itself
             chosen = chosen[: len(first.sentences)]
-            final, relevance = self._scored_text(chosen, query)
+            final, relevance = self._scored_text(chosen, query, first)
         checks = CompositionChecks(best_expert_relevance=round(best, 4), left_out=left_out, passed=True,
                                    relevance=round(relevance, 4), grounded_share=1.0, why=why)
         return Composition(final, "extractive", _attribution(chosen), checks)
 
-    def _scored_text(self, chosen: list[_Scored], query: torch.Tensor) -> tuple[str, float]:
+    def _scored_text(self, chosen: list[_Scored], query: torch.Tensor,
+                     known: _Answer | None = None) -> tuple[str, float]:
+        """The text of ``chosen`` and its relevance: ``known``'s when it is that answer whole (embedded already)."""
         final = join_sentences([s.text for s in chosen])
+        if known is not None and [s.text for s in chosen] == known.sentences:
+            return final, known.relevance
         return final, self._similarity(self.embed([final])[0], query)
 
     def _similarity(self, a, b):
