@@ -209,7 +209,7 @@ def run_react(engine, task: str, experts: list, ranking: list[Ranked], trace: Ru
             asked = ahead.pop(expert.name, None)
             thought = capture.thought if chosen.get("by") == "llm" else ""  # a decided step's thought is its reason
             step = asked.result() if asked is not None else trace.consult(
-                expert, question, thought, chosen.get("by"), ranking_record if not trace.steps else None,
+                expert, question, thought, chosen.get("by"), ranking_record,
                 expert_max_new_tokens, reason=policy.reason(expert.name, thought))
             return step.observation
 
@@ -227,10 +227,9 @@ def run_react(engine, task: str, experts: list, ranking: list[Ranked], trace: Ru
                              early_stopping_method="force", handle_parsing_errors=True)
     ahead: dict[str, Future] = {}
     with ThreadPoolExecutor(max_workers=max(1, len(policy.required))) as pool:  # its exit waits for every answer
-        for n, name in enumerate(policy.required):
-            ahead[name] = pool.submit(trace.consult, by_name[name], task, "", "ranking",
-                                      ranking_record if n == 0 else None, expert_max_new_tokens,
-                                      reason=policy.reasons[name])
+        for name in policy.required:
+            ahead[name] = pool.submit(trace.consult, by_name[name], task, "", "ranking", ranking_record,
+                                      expert_max_new_tokens, reason=policy.reasons[name])
         try:
             output = (executor.invoke({"input": task}, config={"callbacks": [capture]}).get("output") or "").strip()
         except EngineError as exc:  # a remote brain's step broke its constraint twice, or failed: the ranking decides
@@ -243,7 +242,7 @@ def run_react(engine, task: str, experts: list, ranking: list[Ranked], trace: Ru
         policy.required.append(ranked[0].name)
     for name in policy.required:
         if name not in trace.consulted:
-            trace.consult(by_name[name], task, "", "ranking", ranking_record if not trace.steps else None,
+            trace.consult(by_name[name], task, "", "ranking", ranking_record,
                           expert_max_new_tokens, reason=f"{policy.reasons[name]}; asked directly, as the model's "
                           "step did not name it")
     return output in ("", ITERATION_LIMIT_MESSAGE)

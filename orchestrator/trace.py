@@ -28,6 +28,7 @@ class RunTrace:
     deadline: float = math.inf  # time.monotonic() by which the run ends (RUN_TIMEOUT)
     parent: Context | None = None  # the run's span: each consultation's span is its child, in whatever thread
     started: float = field(default_factory=time.perf_counter)  # the run's start, which steps' times count from
+    _landing: threading.Lock = field(default_factory=threading.Lock)  # consultations land from parallel threads
 
     def check_cancelled(self) -> None:
         if self.cancelled.is_set():
@@ -39,7 +40,8 @@ class RunTrace:
 
     def consult(self, expert, question: str, thought: str = "", chosen_by: str | None = None,
                 ranking: list[dict] | None = None, max_new_tokens: int = 256, reason: str = "") -> Step:
-        """Ask one expert, record the step (failures included, as readable observations) and stream it."""
+        """Ask one expert, record the step (failures included, as readable observations) and stream it. ``ranking``
+        (the run's) is kept on the first step to land: experts asked in parallel answer in any order."""
         self.check_cancelled()
         self.emit(Asking(thought, expert.name, question, reason))
         started = time.perf_counter()
@@ -55,16 +57,17 @@ class RunTrace:
                 tracing.record_usage(span, answer.usage.prompt_tokens, answer.usage.completion_tokens)
                 if answer.timings is not None:
                     tracing.record_timings(span, answer.timings.model_dump())
-        step = Step(thought=thought, expert=expert.name, input=question, observation=observation,
-                    ok=answer is not None, elapsed_ms=int((time.perf_counter() - started) * 1000),
-                    started_ms=int((started - self.started) * 1000),
-                    chosen_by=chosen_by, ranking=ranking, reason=reason,
-                    sources=answer.sources if answer else [], language=answer.language if answer else None,
-                    model=answer.model if answer else None, usage=answer.usage if answer else None,
-                    timings=answer.timings if answer else None)
-        self.steps.append(step)
-        if expert.name not in self.consulted:
-            self.consulted.append(expert.name)
+        with self._landing:
+            step = Step(thought=thought, expert=expert.name, input=question, observation=observation,
+                        ok=answer is not None, elapsed_ms=int((time.perf_counter() - started) * 1000),
+                        started_ms=int((started - self.started) * 1000),
+                        chosen_by=chosen_by, ranking=None if self.steps else ranking, reason=reason,
+                        sources=answer.sources if answer else [], language=answer.language if answer else None,
+                        model=answer.model if answer else None, usage=answer.usage if answer else None,
+                        timings=answer.timings if answer else None)
+            self.steps.append(step)
+            if expert.name not in self.consulted:
+                self.consulted.append(expert.name)
         self.emit(Answered(step))
         return step
 

@@ -124,6 +124,8 @@ def test_close_ranking_consults_both_at_once_and_only_them(tmp_path, live_expert
     # ended, and the only model call was the merge of their two answers
     assert law.engine.started[0] < ai.engine.ended[0] and ai.engine.started[0] < law.engine.ended[0]
     assert len(brain.requests) <= 1 and all(r.constraint is None for r in brain.requests)
+    # the run's ranking rides on whichever answered first, as a follower of the run reads it
+    assert body["steps"][0]["ranking"] and body["steps"][1]["ranking"] is None
 
 
 def test_a_far_runner_up_is_not_consulted(tmp_path, live_expert):
