@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import requests
@@ -88,7 +89,7 @@ def timings(body: dict) -> dict:
             "expert_output_tokens": sum(e["output_tokens"] for e in body["usage"]["experts"].values())}
 
 
-def breakdown(rows: list[dict], labels: tuple[str, ...] = STRATEGIES) -> dict:
+def breakdown(rows: list[dict], labels: Sequence[str] = STRATEGIES) -> dict:
     """Per strategy (``labels``: with the revision run beside it), the median of each part of :func:`timings`."""
     return {label: {part: round(statistics.median(r["timings"][part] for r in mine), 1)
                     for part in mine[0]["timings"]}
@@ -155,7 +156,7 @@ def quality(work: Path, limit: int | None = None, against: str | None = None) ->
             "rows": rows}
 
 
-def summarize(rows: list[dict], labels: tuple[str, ...] = STRATEGIES) -> dict:
+def summarize(rows: list[dict], labels: Sequence[str] = STRATEGIES) -> dict:
     """Per strategy (``labels``: with the revision run beside it), and per strategy and language ("react/zh")."""
     out = {}
     groups = [(s, None) for s in labels] + [(s, lang) for s in labels for lang in ("en", "zh")]

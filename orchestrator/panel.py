@@ -15,11 +15,10 @@ def run_panel(task: str, experts: list, ranking: list[Ranked], trace: RunTrace, 
     Returns False: the panel has no step limit to hit."""
     by_name = {e.name: e for e in experts}
     chosen = [(i, r) for i, r in enumerate(ranking) if r.name in by_name][: top_k or None]
-    ranking_record = [{"expert": r.name, "score": round(r.score, 4)} for r in ranking]
     with ThreadPoolExecutor(max_workers=len(chosen)) as pool:
-        futures = [pool.submit(trace.consult, by_name[r.name], task, "", "panel", ranking_record,
-                               expert_max_new_tokens, reason=f"panel: every selected expert is asked (ranked {i + 1}, "
-                                                             f"relevance {r.score:.2f})")
+        futures = [pool.submit(trace.consult, by_name[r.name], task, "", "panel", expert_max_new_tokens,
+                               reason=f"panel: every selected expert is asked (ranked {i + 1}, relevance "
+                                      f"{r.score:.2f})")
                    for i, r in chosen]
         for f in futures:
             f.result()

@@ -196,7 +196,6 @@ def run_react(engine, task: str, experts: list, ranking: list[Ranked], trace: Ru
     by_name = {e.name: e for e in experts}
     ranked = [r for r in ranking if r.name in by_name]
     policy = plan_routing(ranked, routing, ratio, task)
-    ranking_record = [{"expert": r.name, "score": round(r.score, 4)} for r in ranked]
     capture = _ThoughtCapture()
     chosen: dict[str, str] = {}
 
@@ -209,8 +208,8 @@ def run_react(engine, task: str, experts: list, ranking: list[Ranked], trace: Ru
             asked = ahead.pop(expert.name, None)
             thought = capture.thought if chosen.get("by") == "llm" else ""  # a decided step's thought is its reason
             step = asked.result() if asked is not None else trace.consult(
-                expert, question, thought, chosen.get("by"), ranking_record,
-                expert_max_new_tokens, reason=policy.reason(expert.name, thought))
+                expert, question, thought, chosen.get("by"), expert_max_new_tokens,
+                reason=policy.reason(expert.name, thought))
             return step.observation
 
         return Tool(name=expert.name, func=consult, description=expert.description)
@@ -228,8 +227,8 @@ def run_react(engine, task: str, experts: list, ranking: list[Ranked], trace: Ru
     ahead: dict[str, Future] = {}
     with ThreadPoolExecutor(max_workers=max(1, len(policy.required))) as pool:  # its exit waits for every answer
         for name in policy.required:
-            ahead[name] = pool.submit(trace.consult, by_name[name], task, "", "ranking", ranking_record,
-                                      expert_max_new_tokens, reason=policy.reasons[name])
+            ahead[name] = pool.submit(trace.consult, by_name[name], task, "", "ranking", expert_max_new_tokens,
+                                      reason=policy.reasons[name])
         try:
             output = (executor.invoke({"input": task}, config={"callbacks": [capture]}).get("output") or "").strip()
         except EngineError as exc:  # a remote brain's step broke its constraint twice, or failed: the ranking decides
@@ -242,7 +241,6 @@ def run_react(engine, task: str, experts: list, ranking: list[Ranked], trace: Ru
         policy.required.append(ranked[0].name)
     for name in policy.required:
         if name not in trace.consulted:
-            trace.consult(by_name[name], task, "", "ranking", ranking_record,
-                          expert_max_new_tokens, reason=f"{policy.reasons[name]}; asked directly, as the model's "
-                          "step did not name it")
+            trace.consult(by_name[name], task, "", "ranking", expert_max_new_tokens,
+                          reason=f"{policy.reasons[name]}; asked directly, as the model's step did not name it")
     return output in ("", ITERATION_LIMIT_MESSAGE)

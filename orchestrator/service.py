@@ -161,11 +161,11 @@ class Orchestrator:
 
         trace = RunTrace(emit=progress, cancelled=cancelled or threading.Event(),
                          deadline=time.monotonic() + self.settings.run_timeout_s, parent=tracing.current(),
-                         started=started)
+                         started=started, ranking=[{"expert": r.name, "score": round(r.score, 4)} for r in ranking])
         record = RunRecord(response="", run_id=run_id, strategy=req.strategy, experts=[], steps=[], elapsed_ms=0,
                            task=req.task, created_at=created, status="running")
         self.runs.save(record)
-        trace.emit(Started(run_id, req.strategy, [{"expert": r.name, "score": round(r.score, 4)} for r in ranking]))
+        trace.emit(Started(run_id, req.strategy, trace.ranking))
         assert self.composer is not None  # loaded with the router, which _prepare required
         try:
             fallback = self.strategies[req.strategy].gather(req, experts, ranking, trace)

@@ -28,6 +28,7 @@ class RunTrace:
     deadline: float = math.inf  # time.monotonic() by which the run ends (RUN_TIMEOUT)
     parent: Context | None = None  # the run's span: each consultation's span is its child, in whatever thread
     started: float = field(default_factory=time.perf_counter)  # the run's start, which steps' times count from
+    ranking: list[dict] | None = None  # the experts ranked for the task, best first: {"expert", "score"}
     _landing: threading.Lock = field(default_factory=threading.Lock)  # consultations land from parallel threads
 
     def check_cancelled(self) -> None:
@@ -39,9 +40,9 @@ class RunTrace:
         return max(1.0, self.deadline - time.monotonic())
 
     def consult(self, expert, question: str, thought: str = "", chosen_by: str | None = None,
-                ranking: list[dict] | None = None, max_new_tokens: int = 256, reason: str = "") -> Step:
-        """Ask one expert, record the step (failures included, as readable observations) and stream it. ``ranking``
-        (the run's) is kept on the first step to land: experts asked in parallel answer in any order."""
+                max_new_tokens: int = 256, reason: str = "") -> Step:
+        """Ask one expert, record the step (failures included, as readable observations) and stream it. The run's
+        ``ranking`` rides on the first step to land: experts asked in parallel answer in any order."""
         self.check_cancelled()
         self.emit(Asking(thought, expert.name, question, reason))
         started = time.perf_counter()
@@ -61,7 +62,7 @@ class RunTrace:
             step = Step(thought=thought, expert=expert.name, input=question, observation=observation,
                         ok=answer is not None, elapsed_ms=int((time.perf_counter() - started) * 1000),
                         started_ms=int((started - self.started) * 1000),
-                        chosen_by=chosen_by, ranking=None if self.steps else ranking, reason=reason,
+                        chosen_by=chosen_by, ranking=None if self.steps else self.ranking, reason=reason,
                         sources=answer.sources if answer else [], language=answer.language if answer else None,
                         model=answer.model if answer else None, usage=answer.usage if answer else None,
                         timings=answer.timings if answer else None)

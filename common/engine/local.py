@@ -29,7 +29,7 @@ import torch
 from .decoders import make_decoder
 from .decoding import Decoder
 from .grammar import GrammarCompiler, close_soon, mask_logits
-from .loading import load_model, pick_dtype
+from .loading import load_model, pick_device, pick_dtype
 from .output import OutputProcessor
 from .tools import for_template, template_knows_tools, with_tools_prompt
 from .types import (
@@ -85,7 +85,6 @@ class _Row:
         return self.out.finish_reason
 
 
-
 def default_threads(dtype: str, device: str) -> int:
     """The engine's threads when THREADS is 0: every core where it decodes float32 on the CPU, half of them otherwise.
 
@@ -95,8 +94,9 @@ def default_threads(dtype: str, device: str) -> int:
     many short kernels between which OpenMP's threads spin, and two processes spinning on every core slowed each
     other fiftyfold (2.0 s against 107 s for two 128-token answers), so there each takes half."""
     cores = len(os.sched_getaffinity(0))
-    on_cpu = not (device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()))
-    return cores if on_cpu and pick_dtype(dtype, "cpu") == torch.float32 else max(1, cores // 2)
+    device = pick_device(device)
+    return cores if device == "cpu" and pick_dtype(dtype, device) == torch.float32 else max(1, cores // 2)
+
 
 class LocalEngine:
     """Batched generation on a local transformers model. ``start()`` loads the model in a background thread."""
