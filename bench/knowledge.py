@@ -116,7 +116,18 @@ def passage_recall(work: Path) -> dict:
                 inside += 1
                 found += any(e.lower() in p.text.lower() for p in passages for e in item["expect"])
             out[f"{embedder.name}/{lang}"] = {"found": round(found / inside, 3), "outside_clean": f"{clean}/{outside}"}
+        out[f"{embedder.name}/other"] = {"other_sourced": _other_sourced(bases)}
     return out
+
+
+def _other_sourced(bases: dict[str, Knowledge]) -> str:
+    """Of the quality dev set's single-domain tasks, those whose other expert retrieves passages from its notes (an
+    expert asked outside its domain, as the panel asks every expert, should answer without sources: with them its
+    answer leads with a cited fact about something else)."""
+    tasks = [t for t in yaml.safe_load((HERE / "quality_tasks.yaml").read_text()) if len(t["experts"]) == 1]
+    sourced = sum(bool(bases[persona].retrieve(t["task"])) for t in tasks for persona in bases
+                  if persona not in t["experts"])
+    return f"{sourced}/{len(tasks) * (len(bases) - 1)}"
 
 
 def _recall_summary(rows: list[dict]) -> dict:
@@ -154,7 +165,11 @@ def report(k: dict) -> None:
               f"{s['recall_ratio']}x | cited {s['cited_share']:.0%} | outside questions citing: {s['outside_cited']}/"
               f"{s['outside_questions']} | /chat p50 {s['p50_with_s']} s with, {s['p50_without_s']} s without")
     print("passages holding the answer (top 3 above the floor) | off-topic questions retrieving nothing: " +
-          " | ".join(f"{name} {p['found']:.0%}, {p['outside_clean']}" for name, p in k["passages"].items()))
+          " | ".join(f"{name} {p['found']:.0%}, {p['outside_clean']}" for name, p in k["passages"].items()
+                     if "found" in p))
+    print("single-domain dev tasks whose other expert retrieves passages: " +
+          " | ".join(f"{name.split('/')[0]} {p['other_sourced']}" for name, p in k["passages"].items()
+                     if "other_sourced" in p))
     print(f"store at {scale['chunks']} chunks ({scale['documents']} documents): ingestion "
           f"{scale['ingest_chunks_per_s']} chunks/s | retrieval (embed + search) p50 {scale['retrieval_ms_p50']} ms, "
           f"p95 {scale['retrieval_ms_p95']} ms")

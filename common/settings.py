@@ -170,7 +170,7 @@ class AgentSettings(WebSettings, EngineSettings):
         None, ge=-1, le=1, validation_alias="KNOWLEDGE_MIN_SCORE",
         description="Relevance floor (the embedder's cosine, question to passage): a passage below it is left out, "
         "and a question nothing in the knowledge base is about gets no sources. Unset: the embedder's calibrated "
-        "floor (for e5 0.81, 0.035 lower across languages; 0.4 for MiniLM).")
+        "floor (for e5 0.82, 0.035 lower across languages; 0.4 for MiniLM).")
     model_languages: str = Field(
         "en", validation_alias="MODEL_LANGUAGES",
         description="Comma-separated ISO 639-1 codes of the languages the model writes well (the embedded 135M model: "
