@@ -99,6 +99,25 @@ def test_extractive_adds_what_another_expert_says_new_and_skips_repeats():
     assert "Court rulings enforce the regulation." in texts
 
 
+def test_an_answer_from_the_notes_leads_a_free_one_about_as_on_topic():
+    sourced = Step(expert="law_expert", input=TASK, observation="The GDPR regulation requires a contract in writing [1].",
+                   sources=[Source(number=1, document="gdpr", title="GDPR", chunk=0, score=0.9, cited=True,
+                                   text="A processor acts under a contract in writing.")])
+    guess = Step(expert="ai_expert", input=TASK, observation="The GDPR regulation requires a contract within days.")
+    result, _ = compose("Neural network software.", [guess, sourced])
+    relevance = result.checks.expert_relevance
+    assert 0 < relevance["ai_expert"] - relevance["law_expert"] <= 0.05  # the guess is a hair more on-topic
+    assert result.attribution[0].experts == ["law_expert"]
+    assert result.response.startswith("The GDPR regulation requires a contract in writing [1].")
+    unsourced = sourced.model_copy(update={"sources": []})  # the same words without notes behind them do not lead
+    result, _ = compose("Neural network software.", [guess, unsourced])
+    assert result.attribution[0].experts == ["ai_expert"]
+    far = guess.model_copy(update={"observation": "The GDPR regulation requires a contract."})
+    result, _ = compose("Neural network software.", [far, sourced])  # more on-topic by more than the margin: it leads
+    assert result.checks.expert_relevance["ai_expert"] - result.checks.expert_relevance["law_expert"] > 0.05
+    assert result.attribution[0].experts == ["ai_expert"]
+
+
 def test_no_answer_is_said_plainly():
     failed = [Step(expert="law_expert", observation="law_expert did not answer within 5s", ok=False)]
     result, _ = compose("unused", failed)
