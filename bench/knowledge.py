@@ -94,11 +94,11 @@ def at_scale(work: Path) -> dict:
             "retrieval_ms_p95": round(timings[int(0.95 * (len(timings) - 1))], 1)}
 
 
-def passage_recall(work: Path) -> dict:
+def passage_recall(work: Path) -> tuple[dict, dict]:
     """Per embedder and language: in-domain questions whose top passages (above the embedder's floor) hold an
-    expected string, and off-topic questions that retrieve nothing."""
+    expected string, and off-topic questions that retrieve nothing; and per embedder :func:`_other_sourced`."""
     questions = yaml.safe_load((HERE / "knowledge_questions.yaml").read_text())
-    out = {}
+    out, other = {}, {}
     for embedder in (Embedder(), MultilingualEmbedder()):
         bases = {}
         for persona in {q["persona"] for q in questions}:
@@ -116,8 +116,8 @@ def passage_recall(work: Path) -> dict:
                 inside += 1
                 found += any(e.lower() in p.text.lower() for p in passages for e in item["expect"])
             out[f"{embedder.name}/{lang}"] = {"found": round(found / inside, 3), "outside_clean": f"{clean}/{outside}"}
-        out[f"{embedder.name}/other"] = {"other_sourced": _other_sourced(bases)}
-    return out
+        other[embedder.name] = _other_sourced(bases)
+    return out, other
 
 
 def _other_sourced(bases: dict[str, Knowledge]) -> str:
@@ -151,7 +151,9 @@ def _recall_summary(rows: list[dict]) -> dict:
 def knowledge(work: Path) -> dict:
     rows = recall(work)
     summary = {lang: _recall_summary([r for r in rows if r["lang"] == lang]) for lang in LANGUAGES}
-    return {"summary": summary, "passages": passage_recall(work), "scale": at_scale(work), "rows": rows}
+    passages, other_sourced = passage_recall(work)
+    return {"summary": summary, "passages": passages, "other_sourced": other_sourced, "scale": at_scale(work),
+            "rows": rows}
 
 
 def report(k: dict) -> None:
@@ -165,11 +167,9 @@ def report(k: dict) -> None:
               f"{s['recall_ratio']}x | cited {s['cited_share']:.0%} | outside questions citing: {s['outside_cited']}/"
               f"{s['outside_questions']} | /chat p50 {s['p50_with_s']} s with, {s['p50_without_s']} s without")
     print("passages holding the answer (top 3 above the floor) | off-topic questions retrieving nothing: " +
-          " | ".join(f"{name} {p['found']:.0%}, {p['outside_clean']}" for name, p in k["passages"].items()
-                     if "found" in p))
+          " | ".join(f"{name} {p['found']:.0%}, {p['outside_clean']}" for name, p in k["passages"].items()))
     print("single-domain dev tasks whose other expert retrieves passages: " +
-          " | ".join(f"{name.split('/')[0]} {p['other_sourced']}" for name, p in k["passages"].items()
-                     if "other_sourced" in p))
+          " | ".join(f"{name} {share}" for name, share in k["other_sourced"].items()))
     print(f"store at {scale['chunks']} chunks ({scale['documents']} documents): ingestion "
           f"{scale['ingest_chunks_per_s']} chunks/s | retrieval (embed + search) p50 {scale['retrieval_ms_p50']} ms, "
           f"p95 {scale['retrieval_ms_p95']} ms")
