@@ -100,7 +100,8 @@ def test_extractive_adds_what_another_expert_says_new_and_skips_repeats():
 
 
 def test_an_answer_from_the_notes_leads_a_free_one_about_as_on_topic():
-    sourced = Step(expert="law_expert", input=TASK, observation="The GDPR regulation requires a contract in writing [1].",
+    sourced = Step(expert="law_expert", input=TASK,
+                   observation="The GDPR regulation requires a contract in writing [1].",
                    sources=[Source(number=1, document="gdpr", title="GDPR", chunk=0, score=0.9, cited=True,
                                    text="A processor acts under a contract in writing.")])
     guess = Step(expert="ai_expert", input=TASK, observation="The GDPR regulation requires a contract within days.")
