@@ -35,11 +35,13 @@ class EngineSettings(BaseSettings):
         "auto", description="auto: a lean forward pass for Llama-architecture models on the CPU (the embedded one "
         "among them), the transformers forward otherwise; transformers: always the transformers forward."
     )
-    weights: Literal["auto", "int4", "dense"] = Field(
+    weights: Literal["auto", "int4", "fp16", "dense"] = Field(
         "auto", description="auto: the lean decoder runs one-row and few-row steps on the checkpoint's own 4-bit "
         "weights (a Q4_0/Q4_1 GGUF, the embedded model among them) where the CPU has AVX512 and the engine runs "
-        "bfloat16, dense weights otherwise; int4: also quantize a float checkpoint to 4-bit groups (faster, answers "
-        "change); dense: always the de-quantized weights.")
+        "bfloat16, and a float32 engine (CPUs without AVX512-BF16) runs them on float16 copies of its weights "
+        "(fbgemm, x86-64), dense weights otherwise; int4: also quantize a float checkpoint to 4-bit groups (faster, "
+        "answers change); fp16: the float16 copies, or an error where they cannot run; dense: always the "
+        "de-quantized weights, the only choice whose float32 answers do not depend on the batch.")
     compile: Literal["auto", "off"] = Field(
         "auto", description="auto: where the lean decoder runs 4-bit weights, its one-row decode step is compiled "
         "with AOTInductor (about 50 s with a C++ compiler, once per model shape and torch build; the package is kept "

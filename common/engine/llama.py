@@ -21,6 +21,7 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 
+from . import fp16
 from .decoding import Batch, Decoder, kv_bytes_per_token, left_padded, positions_of
 from .int4 import HEAD, Int4Groups, Int4Linear, Planes, fits
 
@@ -54,14 +55,18 @@ def unsupported_reason(model) -> str | None:
 
 class _Projection:
     """``x @ W.T`` for weights fused along the output, in oneDNN's pre-packed layout where the CPU allows it, and on
-    4-bit weights too when given them: those serve the few-token steps (see :data:`INT4_MAX_TOKENS`)."""
+    4-bit weights too when given them, or else on a float16 copy when asked (``half``): those serve the few-token
+    steps (see :data:`INT4_MAX_TOKENS` and :data:`common.engine.fp16.MAX_TOKENS`)."""
 
-    def __init__(self, weights: list[torch.Tensor], batch_hint: int, quantized: list[Planes | None] | None = None):
+    def __init__(self, weights: list[torch.Tensor], batch_hint: int, quantized: list[Planes | None] | None = None,
+                 half: bool = False):
         weight = torch.cat([w.detach() for w in weights]).contiguous()
-        self.int4 = None
+        self.int4 = self.half = None
         if quantized and None not in quantized and len({len(planes) for planes in quantized}) == 1:
             planes = [Int4Groups.stacked(list(plane)) for plane in zip(*quantized, strict=True)]
             self.int4 = Int4Linear(planes) if fits(planes) else None
+        if half and self.int4 is None:
+            self.half = fp16.Fp16Linear(weight)
         try:  # the packed layout is tuned for batches near batch_hint rows, and works for any
             self.packed, self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, batch_hint), None
         except (RuntimeError, AttributeError):  # no oneDNN, or a dtype this CPU cannot pack (bf16 without AVX512)
@@ -70,16 +75,18 @@ class _Projection:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.int4 is not None and x.numel() <= INT4_MAX_TOKENS * x.shape[-1]:
             return self.int4(x)
+        if self.half is not None and x.numel() <= fp16.MAX_TOKENS * x.shape[-1]:
+            return self.half(x)
         if self.packed is None:
             return F.linear(x, self.weight)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
 
 
 class _Layer:
-    def __init__(self, layer, index: int, batch_hint: int, quantized: dict[str, Planes]):
+    def __init__(self, layer, index: int, batch_hint: int, quantized: dict[str, Planes], half: bool):
         def projection(*paths: str) -> _Projection:
             return _Projection([layer.get_submodule(path).weight for path in paths], batch_hint,
-                               [quantized.get(f"model.layers.{index}.{path}.weight") for path in paths])
+                               [quantized.get(f"model.layers.{index}.{path}.weight") for path in paths], half)
 
         self.qkv = projection("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
         self.o = projection("self_attn.o_proj")
@@ -169,10 +176,11 @@ class LlamaDecoder(Decoder):
 
     It keeps what it needs (packed copies of the projections, norms, embeddings), so the caller can drop the model.
     ``quantized`` maps parameter names to quantized copies of those weights (:mod:`common.engine.int4`); the
-    projections that have them run few-token steps on them.
+    projections that have them run few-token steps on them. With ``half``, the projections that have none run those
+    steps on float16 copies (:mod:`common.engine.fp16`).
     """
 
-    def __init__(self, model, batch_hint: int = 16, quantized: dict[str, Planes] | None = None):
+    def __init__(self, model, batch_hint: int = 16, quantized: dict[str, Planes] | None = None, half: bool = False):
         config = model.config
         self.device = next(model.parameters()).device
         self.dtype = model.dtype
@@ -188,13 +196,14 @@ class LlamaDecoder(Decoder):
         self.intermediate = config.intermediate_size
         self.eps = config.rms_norm_eps
         quantized = quantized or {}
-        self.layers = [_Layer(layer, i, batch_hint, quantized) for i, layer in enumerate(model.model.layers)]
+        self.layers = [_Layer(layer, i, batch_hint, quantized, half) for i, layer in enumerate(model.model.layers)]
         # Copies, not views: a view of a checkpoint's tensor would keep its whole memory map resident.
         self.embed = model.model.embed_tokens.weight.detach().clone()
         self.final_norm = model.model.norm.weight.detach().float()
-        self.head = _Projection([model.lm_head.weight], batch_hint, [quantized.get(HEAD)])
+        self.head = _Projection([model.lm_head.weight], batch_hint, [quantized.get(HEAD)], half)
         projections = [p for layer in self.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
         self.int4 = any(p.int4 is not None for p in [*projections, self.head])
+        self.half = any(p.half is not None for p in [*projections, self.head])
         rotary = model.model.rotary_emb
         self.inv_freq = rotary.inv_freq.detach().float()
         self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))

@@ -203,7 +203,8 @@ class LocalEngine:
             return {}
         return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
                 "decoder": type(self.decoder).__name__, "threads": self.threads,
-                "weights": "int4" if getattr(self.decoder, "int4", False) else "dense",
+                "weights": ("int4" if getattr(self.decoder, "int4", False)
+                            else "fp16" if getattr(self.decoder, "half", False) else "dense"),
                 "decode_step": "compiled" if getattr(self.decoder, "step", None) is not None else "eager"}
 
     def _load(self) -> None:
