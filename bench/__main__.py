@@ -4,8 +4,9 @@ Sections: expert throughput (batched engine vs the seed's generate()-per-request
 interleaved), decode speed and time to first token against llama.cpp's server (bench/speed.py), dense against
 quantized weights (speed, and top-1 agreement with float32 over 2,000+ teacher-forced tokens; bench/weights.py),
 single-request overhead (HTTP + scheduling vs a bare decode of the same tokens, alternated), memory (expert RSS idle
-and under load), dtype quality, what reproducible greedy answers (float32) cost against bfloat16, /integrate panel
-wall time vs its experts' times, routing accuracy on a labelled set, the quality of /integrate's answers on a dev
+and under load), dtype quality, what reproducible greedy answers (float32 on dense weights) cost against bfloat16,
+/integrate panel wall time vs its experts' times, routing accuracy on a labelled set, the quality of /integrate's
+answers on a dev
 set (bench/quality.py), tool calling on BFCL against llama.cpp's server (bench/tool_calls.py), and the experts'
 knowledge bases: fact recall with and without retrieval, citations, the store at 10,000 chunks (bench/knowledge.py),
 what tracing costs: /chat with spans exported over OTLP against tracing off, interleaved (bench/tracing.py), and
@@ -155,12 +156,15 @@ def in_process(messages: list[dict]) -> dict:
 
 
 def dtypes_under_load(rounds: int = 2) -> dict:
-    """What ``DTYPE=float32`` costs and buys against bfloat16: greedy answers to PROMPTS decoded one at a time and all
-    at once (how many come out identical), and tokens/s of each, the dtypes interleaved round by round."""
+    """What reproducible answers (``DTYPE=float32 WEIGHTS=dense``) cost and buy against bfloat16: greedy answers to
+    PROMPTS decoded one at a time and all at once (how many come out identical), and tokens/s of each, the dtypes
+    interleaved round by round. (float32's few-token steps on float16 copies, WEIGHTS=auto there, depend on the batch
+    as bfloat16 does.)"""
     from common.engine.local import LocalEngine
     from common.engine.types import GenerationRequest
 
-    engines = {d: LocalEngine(dtype=d, cache_dir=MODEL_CACHE, threads=CORES).start() for d in ("float32", "bfloat16")}
+    engines = {d: LocalEngine(dtype=d, cache_dir=MODEL_CACHE, threads=CORES, weights=w).start()
+               for d, w in (("float32", "dense"), ("bfloat16", "auto"))}
     out: dict = {}
     try:
         for engine in engines.values():

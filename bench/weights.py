@@ -1,10 +1,12 @@
-"""Dense against quantized weights (``WEIGHTS=dense`` / ``auto``), and the compiled one-row step (``COMPILE=auto``),
-in-process, on the embedded model.
+"""The engine's default weights against dense ones (``WEIGHTS=auto`` / ``dense``), in-process, on the embedded model.
 
-Quality: greedy top-1 agreement with a float32 reference, teacher-forced over the same text (the shipped notes of
-both experts, whole paragraphs, and Chinese tasks from the quality dev set), for bfloat16 on dense weights (the
-default before 4-bit weights), for bfloat16 on the checkpoint's own 4-bit weights in batches of four, and for the
-same with the compiled step, rows alone (as one user at a time is served: the defaults on AVX512 now).
+What ``auto`` means depends on the CPU, and so does what this section compares. With AVX512-BF16: bfloat16 on dense
+weights (the default before 4-bit weights), bfloat16 on the checkpoint's own 4-bit weights in batches of four, and
+the same with the compiled one-row step (``COMPILE=auto``), rows alone (as one user at a time is served). Without
+it (AVX2: float32): float32 dense weights against the float16 copies few-token steps run on (``WEIGHTS=fp16``).
+
+Quality: greedy top-1 agreement with a float32 dense reference, teacher-forced over the same text (the shipped notes
+of both experts, whole paragraphs, and Chinese tasks from the quality dev set).
 Speed: bare greedy decodes of each at 1, 4 and 16 rows with every core, interleaved round by round, best of three.
 ``python -m bench.weights`` runs this section alone.
 """
@@ -19,20 +21,22 @@ import yaml
 
 from bench.load import CORES, NEW_TOKENS, PROMPTS
 from bench.machine import cpu_line
-from common.engine import int4
+from common.engine import fp16, int4
 from common.engine.decoders import make_decoder
 from common.engine.decoding import teacher_forced
 from common.engine.llama import INT4_MAX_TOKENS
 from common.engine.loading import load_model
 from harness.services import MODEL_CACHE
 
-DENSE, FOUR_BIT, COMPILED = "bfloat16 dense", "bfloat16 4-bit", "4-bit compiled"
+REFERENCE, DENSE, FOUR_BIT, COMPILED = "float32", "bfloat16 dense", "bfloat16 4-bit", "4-bit compiled"
+HALF = "float16 copies"
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS_PER_TEXT = 96
 TEXTS = 32  # about 2,500 tokens
 MIN_TOKENS = 2000
-# Rows teacher-forced together: at most INT4_MAX_TOKENS, so the 4-bit side runs its int4 kernel, not the dense copy.
+# Rows teacher-forced together: at most INT4_MAX_TOKENS (fp16.MAX_TOKENS), so the 4-bit side runs its int4 kernel
+# (the float16 side its float16 copies), not the dense weights wide steps run on.
 FORCED_ROWS = 4
 ROWS = (1, 4, 16)
 
@@ -67,66 +71,83 @@ def _bare(decoder, prompt: list[int], rows: int) -> float:
         return rows * (NEW_TOKENS - 1) / (time.perf_counter() - started)
 
 
-def weights() -> dict:
-    skipped = int4.unsupported_reason(torch.bfloat16)
-    if skipped:
-        return {"skipped": f"WEIGHTS=auto runs dense weights on this machine: {skipped}"}
-    torch.set_num_threads(CORES)
+def _variants() -> dict:
+    """This CPU's comparison: ``decoders`` by name (the float32 dense reference first), the one the speed ratios
+    divide by (``base``), and those teacher-forced one row at a time (``alone``); or why there is none."""
     reference, tokenizer, _ = load_model("embedded", dtype="float32", cache_dir=MODEL_CACHE)
-    model, _, source = load_model("embedded", dtype="bfloat16", cache_dir=MODEL_CACHE)
-    decoders = {"float32": make_decoder(reference, weights="dense"),
-                DENSE: make_decoder(model, weights="dense"),
-                FOUR_BIT: make_decoder(model, weights="auto", source=source),
-                COMPILED: make_decoder(model, weights="auto", source=source, compile_dir=MODEL_CACHE)}
-    if decoders[COMPILED].step is None:
-        return {"skipped": "the one-row step did not compile here (see the log)"}
+    decoders = {REFERENCE: make_decoder(reference, weights="dense")}
+    if not int4.unsupported_reason(torch.bfloat16):
+        model, _, source = load_model("embedded", dtype="bfloat16", cache_dir=MODEL_CACHE)
+        decoders |= {DENSE: make_decoder(model, weights="dense"),
+                     FOUR_BIT: make_decoder(model, weights="auto", source=source),
+                     COMPILED: make_decoder(model, weights="auto", source=source, compile_dir=MODEL_CACHE)}
+        if decoders[COMPILED].step is None:
+            return {"skipped": "the one-row step did not compile here (see the log)"}
+        return {"skipped": None, "decoders": decoders, "tokenizer": tokenizer, "base": DENSE, "alone": {COMPILED}}
+    skipped = fp16.unsupported_reason(torch.float32)
+    if skipped:
+        return {"skipped": f"WEIGHTS=auto runs float32 dense weights on this machine: {skipped}"}
+    decoders[HALF] = make_decoder(reference, weights="fp16")
+    return {"skipped": None, "decoders": decoders, "tokenizer": tokenizer, "base": REFERENCE, "alone": set()}
+
+
+def weights() -> dict:
+    torch.set_num_threads(CORES)
+    plan = _variants()
+    if plan["skipped"]:
+        return {"skipped": plan["skipped"]}
+    decoders, base, tokenizer = plan["decoders"], plan["base"], plan["tokenizer"]
     prompts, answers = [], []
     for question, answer in _texts():
         turn = [{"role": "user", "content": question}]
         prompts.append(tokenizer.apply_chat_template(turn, add_generation_prompt=True, return_dict=True)["input_ids"])
         answers.append(tokenizer(answer, add_special_tokens=False)["input_ids"][:TOKENS_PER_TEXT])
     assert sum(map(len, answers)) >= MIN_TOKENS, "the texts are too short for the measurement"
-    assert FORCED_ROWS <= INT4_MAX_TOKENS
+    assert FORCED_ROWS <= min(INT4_MAX_TOKENS, fp16.MAX_TOKENS)
     top1: dict[str, list[list[int]]] = {name: [] for name in decoders}
     for start in range(0, len(prompts), FORCED_ROWS):
         chunk = slice(start, start + FORCED_ROWS)
         for name, decoder in decoders.items():
             top1[name] += teacher_forced(decoder, prompts[chunk], answers[chunk], tokenizer.pad_token_id,
-                                         together=name != COMPILED)[0]
+                                         together=name not in plan["alone"])[0]
     out: dict = {"skipped": None, "texts": len(answers), "tokens": sum(map(len, answers)), "agreement": {}}
-    for name in (DENSE, FOUR_BIT, COMPILED):
-        same, total = _agreement(top1[name], top1["float32"])
-        out["agreement"][name] = {"same": same, "of": total, "share": round(same / total, 4)}
+    for name in decoders:
+        if name != REFERENCE:
+            same, total = _agreement(top1[name], top1[REFERENCE])
+            out["agreement"][name] = {"same": same, "of": total, "share": round(same / total, 4)}
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": PROMPTS[3]}], add_generation_prompt=True,
                                            return_dict=True)["input_ids"]
-    speeds: dict[str, dict[int, float]] = {DENSE: {}, FOUR_BIT: {}, COMPILED: {}}
+    timed = [name for name in decoders if name == base or name != REFERENCE]
+    speeds: dict[str, dict[int, float]] = {name: {} for name in timed}
     for rows in ROWS:
         for _ in range(3):
-            for name in speeds:
+            for name in timed:
                 speeds[name][rows] = round(max(speeds[name].get(rows, 0.0), _bare(decoders[name], prompt, rows)), 1)
+    out["base"] = base
     out["tokens_per_s"] = {name: {str(r): v for r, v in s.items()} for name, s in speeds.items()}
-    out["ratio"] = {name: {str(r): round(speeds[name][r] / speeds[DENSE][r], 2) for r in ROWS}
-                    for name in (FOUR_BIT, COMPILED)}
+    out["ratio"] = {name: {str(r): round(speeds[name][r] / speeds[base][r], 2) for r in ROWS}
+                    for name in timed if name != base}
     out["threads"] = CORES
     return out
 
 
 def report(w: dict) -> None:
-    print("\n== Weights: bfloat16 dense vs the checkpoint's 4-bit weights, eager and compiled (in-process, greedy, "
+    print("\n== Weights: what WEIGHTS=auto runs on this CPU against dense weights (in-process, greedy, "
           "teacher-forced) ==")
     print(cpu_line())
     if w["skipped"]:
         print(f"(skipped: {w['skipped']})")
         return
-    print(f"top-1 agreement with float32 over {w['tokens']} tokens of {w['texts']} texts:")
+    print(f"top-1 agreement with float32 dense over {w['tokens']} tokens of {w['texts']} texts:")
     for name, a in w["agreement"].items():
         print(f"  {name:>15}: {a['same']}/{a['of']} ({100 * a['share']:.1f}%)")
     print(f"bare decode tok/s, {w['threads']} threads, interleaved, best of 3:")
-    print(f"{'rows':>5} | {'dense':>7} | {'4-bit':>7} | ratio | {'compiled':>8} | ratio")
+    others = list(w["ratio"])
+    print(f"{'rows':>5} | {w['base']:>14} | " + " | ".join(f"{name:>14} | ratio" for name in others))
     for rows in ROWS:
         r, speeds = str(rows), w["tokens_per_s"]
-        print(f"{rows:>5} | {speeds[DENSE][r]:>7} | {speeds[FOUR_BIT][r]:>7} | {w['ratio'][FOUR_BIT][r]:.2f}x | "
-              f"{speeds[COMPILED][r]:>8} | {w['ratio'][COMPILED][r]:.2f}x")
+        print(f"{rows:>5} | {speeds[w['base']][r]:>14} | "
+              + " | ".join(f"{speeds[name][r]:>14} | {w['ratio'][name][r]:.2f}x" for name in others))
 
 
 def main() -> None:
