@@ -1,16 +1,15 @@
 """``make bench``: Conclave's figures, each measured side by side with its baseline in one run.
 
 Sections: expert throughput (batched engine vs the seed's generate()-per-request server at concurrency 1/4/16, waves
-interleaved), decode speed and time to first token against llama.cpp's server (bench/speed.py), dense against
-quantized weights (speed, and top-1 agreement with float32 over 2,000+ teacher-forced tokens; bench/weights.py),
-single-request overhead (HTTP + scheduling vs a bare decode of the same tokens, alternated), memory (expert RSS idle
-and under load), dtype quality, what reproducible greedy answers (float32 on dense weights) cost against bfloat16,
-/integrate panel wall time vs its experts' times, routing accuracy on a labelled set, the quality of /integrate's
-answers on a dev
-set (bench/quality.py), tool calling on BFCL against llama.cpp's server (bench/tool_calls.py), and the experts'
-knowledge bases: fact recall with and without retrieval, citations, the store at 10,000 chunks (bench/knowledge.py),
-what tracing costs: /chat with spans exported over OTLP against tracing off, interleaved (bench/tracing.py), and
-capacity with one and two expert replicas behind haproxy on Postgres, interleaved (bench/scale.py).
+interleaved), decode speed and time to first token against llama.cpp's server (bench/speed.py), dense against quantized
+weights (speed, and top-1 agreement with float32 over 2,000+ teacher-forced tokens; bench/weights.py), single-request
+overhead (HTTP + scheduling vs a bare decode of the same tokens, alternated), memory (expert RSS idle and under load),
+dtype quality, what reproducible greedy answers (float32 on dense weights) cost against bfloat16, /integrate panel wall
+time vs its experts' times, routing accuracy on a labelled set, the quality of /integrate's answers on a dev set
+(bench/quality.py), tool calling on BFCL against llama.cpp's server (bench/tool_calls.py), and the experts' knowledge
+bases: fact recall with and without retrieval, citations, the store at 10,000 chunks (bench/knowledge.py), what tracing
+costs: /chat with spans exported over OTLP against tracing off, interleaved (bench/tracing.py), and capacity with one
+and two expert replicas behind haproxy on Postgres, interleaved (bench/scale.py).
 Prints a table and writes JSON under bench/results/.
 """
 
