@@ -2,13 +2,15 @@
 
 At one row a decode step of a small model is short on arithmetic and long on operators: profiled with 4-bit weights,
 under half of a step was the int4 matmuls and most of the rest the launch cost of some forty small operators a layer
-in eager PyTorch. Compiled into one C++ function (norms, rotary embedding and attention fused into loops; the int4
-matmuls called directly), the step loses that launch cost; ``bench/weights.py`` measures compiled against eager in
-``make bench``, and the README keeps the figures.
+in eager PyTorch; on float16 copies (a float32 engine on an AVX2 CPU) fbgemm's matmuls were 54% of a step. Compiled
+into one C++ function (norms, rotary embedding and attention fused into loops; the int4 matmuls called directly, the
+float16 ones generated as loops that read the float16 weights), the step loses that launch cost;
+``bench/weights.py`` measures compiled against eager in ``make bench``, and the README keeps the figures.
 
 - The graph is exported once per shape of the model and torch build and kept under the cache directory; it holds no
   weights: it is loaded with the decoder's own tensors as its constants (shared, not copied), so the weights stay
-  in memory once.
+  in memory once. The float16 weights are the exception: fbgemm's packed copies are opaque to a graph, so the step
+  holds plain float16 tensors of the same values beside them (half the float32 weights' bytes again).
 - The KV cache's capacity is a dynamic dimension, so one compiled step serves every length.
 - The step attends over the cache (the new token's column not yet written) and over the new token apart, and returns
   the new keys and values of every layer; the caller writes them with one copy. Writing them inside the graph would
@@ -44,8 +46,9 @@ MAX_RELATIVE_DIFFERENCE = 0.05
 
 class _Step(torch.nn.Module):
     """One decode step of one row, over a :class:`~common.engine.llama.LlamaDecoder`'s tensors (as buffers, so the
-    exported graph names them and the runner can be given them at load). ``dims`` are its sizes and the plane count
-    and width of each int4 projection, all plain values: a compile process rebuilds the module from them."""
+    exported graph names them and the runner can be given them at load). ``dims`` are its sizes and, by projection,
+    its kind: ``("int4", plane count, width)`` or ``("fp16", width)``, all plain values: a compile process rebuilds
+    the module from them."""
 
     PROJECTIONS = ("qkv", "o", "gate_up", "down")
 
@@ -63,16 +66,20 @@ class _Step(torch.nn.Module):
         buffers = {"embed": decoder.embed, "final_norm": decoder.final_norm}
         out = {}
 
-        def planes(prefix: str, linear) -> None:
-            for j, (packed, scales_and_zeros) in enumerate(linear.planes):
-                buffers[f"{prefix}_p{j}_w"], buffers[f"{prefix}_p{j}_sz"] = packed, scales_and_zeros
-            out[prefix] = (len(linear.planes), linear.out_features)
+        def weights(prefix: str, projection) -> None:
+            if projection.int4 is not None:
+                for j, (packed, scales_and_zeros) in enumerate(projection.int4.planes):
+                    buffers[f"{prefix}_p{j}_w"], buffers[f"{prefix}_p{j}_sz"] = packed, scales_and_zeros
+                out[prefix] = ("int4", len(projection.int4.planes), projection.int4.out_features)
+            else:
+                buffers[f"{prefix}_w"] = projection.half.unpacked()
+                out[prefix] = ("fp16", projection.half.out_features)
 
-        planes("head", decoder.head.int4)
+        weights("head", decoder.head)
         for i, layer in enumerate(decoder.layers):
             buffers[f"l{i}_attn_norm"], buffers[f"l{i}_mlp_norm"] = layer.attn_norm, layer.mlp_norm
             for name in cls.PROJECTIONS:
-                planes(f"l{i}_{name}", getattr(layer, name).int4)
+                weights(f"l{i}_{name}", getattr(layer, name))
         dims = {"heads": decoder.heads, "kv_heads": decoder.kv_heads, "dim": decoder.head_dim,
                 "hidden": decoder.hidden, "intermediate": decoder.intermediate, "eps": decoder.eps,
                 "dtype": decoder.dtype, "layers": len(decoder.layers), "out": out}
@@ -82,7 +89,12 @@ class _Step(torch.nn.Module):
         return {name: (tuple(b.shape), b.dtype) for name, b in self.named_buffers()}
 
     def _linear(self, prefix: str, x: torch.Tensor) -> torch.Tensor:
-        count, out_features = self.out[prefix]
+        kind, *sizes = self.out[prefix]
+        if kind == "fp16":
+            # Written as a product and a sum, inductor makes one loop that reads each float16 weight once and
+            # multiplies in float32; x @ w.float().T would write a float32 copy of the weights every step.
+            return (x[..., None, :] * getattr(self, f"{prefix}_w").float()).sum(-1)
+        count, out_features = sizes
         planes = [(getattr(self, f"{prefix}_p{j}_w"), getattr(self, f"{prefix}_p{j}_sz")) for j in range(count)]
         return int4_matmul(x, planes, out_features)
 
@@ -118,8 +130,8 @@ class _Step(torch.nn.Module):
 def unavailable_reason(decoder) -> str | None:
     """Why the one-row step of this decoder cannot be compiled, or None."""
     projections = [p for layer in decoder.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
-    if any(p.int4 is None for p in [*projections, decoder.head]):
-        return "the compiled step runs 4-bit weights, and some of this model's are dense"
+    if any(p.int4 is None and p.half is None for p in [*projections, decoder.head]):
+        return "the compiled step runs 4-bit weights or float16 copies, and some of this model's are dense only"
     return None
 
 
@@ -195,6 +207,7 @@ def _package(module: _Step, cache_dir: Path) -> Path:
     key = hashlib.sha256()
     for part in (torch.__version__, torch.backends.cpu.get_cpu_capability(), Path(__file__).read_bytes(),
                  (Path(__file__).parent / "llama.py").read_bytes(), (Path(__file__).parent / "int4.py").read_bytes(),
+                 (Path(__file__).parent / "fp16.py").read_bytes(),
                  repr(sorted(module.shapes().items())), repr(module.dims)):
         key.update(part if isinstance(part, bytes) else part.encode())
     folder = Path(cache_dir) / "compiled"

@@ -41,3 +41,8 @@ class Fp16Linear:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.ops.quantized.linear_dynamic_fp16(x.reshape(-1, x.shape[-1]), self.packed)
         return y.view(*x.shape[:-1], self.out_features)
+
+    def unpacked(self) -> torch.Tensor:
+        """The float16 weights as a plain tensor [out, in] (a new copy: the packed layout is fbgemm's own)."""
+        weight, _ = torch.ops.quantized.linear_unpack_fp16(self.packed)
+        return weight.half()

@@ -40,8 +40,8 @@ DTYPES = ["float32", "bfloat16"]
 # The decoders teacher-forced below: each dtype on dense weights, and bfloat16 on the checkpoint's own quantized
 # weights (WEIGHTS=auto's choice on a CPU with AVX512; elsewhere that variant is skipped, since auto does not run it),
 # eager and with its one-row step compiled (COMPILE=auto's choice there); and float32 with float16 copies of its
-# weights for few-row steps (WEIGHTS=auto's choice for float32, where torch has fbgemm).
-FORCED_DECODERS = [*DTYPES, "int4", "compiled", "fp16"]
+# weights for few-row steps (WEIGHTS=auto's choice for float32, where torch has fbgemm), eager and compiled.
+FORCED_DECODERS = [*DTYPES, "int4", "compiled", "fp16", "fp16 compiled"]
 INT4_UNSUPPORTED = int4.unsupported_reason(torch.bfloat16)
 FP16_UNSUPPORTED = fp16.unsupported_reason(torch.float32)
 QUESTIONS = ["What is a neural network?", "Explain the GDPR right to erasure.", "What is a contract?",
@@ -104,6 +104,8 @@ def forced():
         decoders[dtype] = make_decoder(model, weights="dense")
         if dtype == "float32" and FP16_UNSUPPORTED is None:
             decoders["fp16"] = make_decoder(model, weights="fp16")
+            decoders["fp16 compiled"] = make_decoder(model, weights="fp16", compile_dir=MODEL_CACHE)
+            assert decoders["fp16 compiled"].step is not None, "the one-row step did not compile (see the log)"
         if dtype == "bfloat16" and INT4_UNSUPPORTED is None:
             decoders["int4"] = make_decoder(model, weights="auto", source=source)
             assert decoders["int4"].int4
@@ -151,17 +153,19 @@ def _agreement(a: list[list[int]], b: list[list[int]]) -> float:
 
 def _decoder(decoders, kind):
     if kind not in decoders:
-        reason = FP16_UNSUPPORTED if kind == "fp16" else INT4_UNSUPPORTED
+        reason = FP16_UNSUPPORTED if kind.startswith("fp16") else INT4_UNSUPPORTED
         pytest.skip(f"WEIGHTS=auto does not run {kind} here: {reason}")
     return decoders[kind]
 
 
-def test_the_compiled_step_scores_the_text_as_the_eager_step_does(forced):
-    """Rows alone run the compiled one-row step: against the eager step on the same 4-bit weights, the top-1 token is
-    the same almost everywhere and the log-probabilities stay close (the two only round differently)."""
+@pytest.mark.parametrize(("eager", "compiled"), [("int4", "compiled"), ("fp16", "fp16 compiled")])
+def test_the_compiled_step_scores_the_text_as_the_eager_step_does(forced, eager, compiled):
+    """Rows alone run the compiled one-row step: against the eager step on the same weights (4-bit, or float16
+    copies), the top-1 token is the same almost everywhere and the log-probabilities stay close (the two only round
+    differently)."""
     decoders, prompts, answers, pad = forced
-    top_eager, logp_eager = teacher_forced(_decoder(decoders, "int4"), prompts, answers, pad, together=False)
-    top_compiled, logp_compiled = teacher_forced(_decoder(decoders, "compiled"), prompts, answers, pad,
+    top_eager, logp_eager = teacher_forced(_decoder(decoders, eager), prompts, answers, pad, together=False)
+    top_compiled, logp_compiled = teacher_forced(_decoder(decoders, compiled), prompts, answers, pad,
                                                  together=False)
     assert _agreement(top_compiled, top_eager) >= 0.97
     assert all(float((a - b).abs().mean()) < 0.05 for a, b in zip(logp_compiled, logp_eager, strict=True))
@@ -179,7 +183,7 @@ def test_the_checkpoints_quantized_tensors_are_the_weights_the_model_loads():
         assert int4.dequantize(p).equal(weights[name]), name
 
 
-@pytest.mark.parametrize("kind", ["bfloat16", "int4", "fp16"])
+@pytest.mark.parametrize("kind", ["bfloat16", "int4", "fp16", "fp16 compiled"])
 def test_fewer_bits_predict_the_next_token_as_float32_does(forced, kind):
     """Teacher-forced over the same text, bfloat16's top-1 token matches float32's (measured on an AVX512-BF16 EPYC:
     210 of 216 tokens, 97.2%), and the log-probabilities it gives the text stay close (measured: 0.013-0.039 nats

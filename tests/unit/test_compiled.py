@@ -1,7 +1,9 @@
-"""When the compiled one-row step is not used, the decoder keeps its eager step and says why.
+"""The compiled one-row step's graph computes what the eager step does; when it is not used, the decoder keeps its
+eager step and says why.
 
 The compiled step itself is exercised on the embedded model (tests/integration/test_engine.py, where the CPU runs
-4-bit weights); here a tiny Llama stands in, and the compile is made to fail or to disagree.
+4-bit weights or float16 copies); here a tiny Llama stands in: its step's graph is run eagerly, and the compile is
+made to fail or to disagree.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from common.engine import compiled, int4
+from common.engine import compiled, fp16, int4
 from common.engine.decoders import make_decoder
 from common.engine.llama import LlamaDecoder
 
@@ -19,10 +21,14 @@ PROMPT = [[5, 6, 7, 8, 9]]
 
 def tiny_bf16() -> LlamaForCausalLM:
     """A tiny Llama whose every linear, the head too, has a shape the int4 kernel takes."""
+    return tiny_f32().to(torch.bfloat16)
+
+
+def tiny_f32() -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    return LlamaForCausalLM(config).eval().to(torch.bfloat16)
+    return LlamaForCausalLM(config).eval()
 
 
 def four_bit(model) -> LlamaDecoder:
@@ -38,11 +44,39 @@ def decodes(decoder) -> bool:
         return bool(torch.isfinite(decoder.decode(batch, logits.argmax(-1, keepdim=True))).all())
 
 
+def greedy(decoder, steps: int = 6) -> tuple[list[int], list[torch.Tensor]]:
+    tokens, all_logits = [], []
+    with torch.inference_mode():
+        logits, batch = decoder.prefill(PROMPT, pad_id=0, remember=False)
+        for _ in range(steps):
+            token = logits.argmax(-1, keepdim=True)
+            tokens.append(int(token))
+            logits = decoder.decode(batch, token)
+            all_logits.append(logits)
+    return tokens, all_logits
+
+
+@pytest.mark.parametrize("weights", ["int4", pytest.param("fp16", marks=pytest.mark.skipif(
+    bool(fp16.unsupported_reason(torch.float32)), reason="no fbgemm in this torch"))])
+def test_the_steps_graph_decodes_as_the_eager_step(weights):
+    """The module that is exported, run eagerly in its place: the same tokens, logits equal to rounding (the
+    graph sums float16 products in its own order, and attends over the new token apart)."""
+    decoder = four_bit(tiny_bf16()) if weights == "int4" else make_decoder(tiny_f32(), weights="fp16")
+    assert compiled.unavailable_reason(decoder) is None
+    tokens, expected = greedy(decoder)
+    decoder.step = compiled._Step.of(decoder).eval()
+    assert greedy(decoder)[0] == tokens
+    for want, got in zip(expected, greedy(decoder)[1], strict=True):
+        assert float((want - got).abs().max()) <= 0.02 * float(want.abs().max())
+
+
 def test_dense_weights_keep_the_eager_step(tmp_path):
     for weights in ("dense", "int4"):  # int4 quantizes a float checkpoint's linears, not its head
         decoder = make_decoder(tiny_bf16(), weights=weights, compile_dir=tmp_path)
         assert decoder.step is None
         assert "dense" in compiled.compile_step(decoder, tmp_path)
+    decoder = make_decoder(tiny_f32(), weights="dense", compile_dir=tmp_path)
+    assert decoder.step is None and "dense" in compiled.compile_step(decoder, tmp_path)
     assert not any(tmp_path.iterdir())  # nothing was compiled
 
 
