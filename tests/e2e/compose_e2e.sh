@@ -78,9 +78,10 @@ echo "== all ready $(( $(date +%s) - up ))s after up"
 for port in 5000 5001 5002; do
   ready=$(curl -s "http://127.0.0.1:$port/ready")
   echo ":$port $ready"
-  # the image's g++ compiles the decode step on an AVX512 CPU, as outside a container (Dockerfile: CXX)
-  if grep -qw avx512f /proc/cpuinfo && [[ "$ready" != *'"decode_step":"compiled"'* ]]; then
-    $COMPOSE logs --tail 80; echo ":$port did not compile its decode step on this AVX512 CPU"; exit 1
+  # the image's g++ compiles the decode step on an x86-64 CPU with AVX2 (4-bit weights on AVX512, float16 copies
+  # without), as outside a container (Dockerfile: CXX)
+  if grep -qw avx2 /proc/cpuinfo && [[ "$ready" != *'"decode_step":"compiled"'* ]]; then
+    $COMPOSE logs --tail 80; echo ":$port did not compile its decode step on this AVX2 CPU"; exit 1
   fi
 done
 echo "== the README's seed curl"
