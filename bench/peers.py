@@ -14,6 +14,11 @@ from pathlib import Path
 from common.engine.loading import embedded_gguf_path
 from harness.services import ROOT, Service
 
+# ggml's only repacked CPU layout for the embedded GGUF's Q4_1 and Q8_0 tensors on x86 is its AMX one, and that
+# crashes at the first matmul (SIGSEGV in ggml_backend_amx_mul_mat; llama.cpp of llama-cpp-python 0.3.36, Xeon
+# with AMX): the peer runs its AVX512 or AVX2 kernels, as it does on CPUs without AMX.
+RUN_FLAGS = ("--no-repack",)
+
 
 def llama_server(work: Path, slots: int = 4, *flags: str) -> Service | str:
     """llama-server on the embedded GGUF with ``slots`` parallel sequences and 2 threads, or why it cannot run."""
@@ -25,7 +30,7 @@ def llama_server(work: Path, slots: int = 4, *flags: str) -> Service | str:
     service.data_dir.mkdir(parents=True, exist_ok=True)
     service.proc = subprocess.Popen(
         [built.stdout.strip().splitlines()[-1], "-m", str(embedded_gguf_path()), "-np", str(slots), "-t", "2",
-         *flags, "--host", "127.0.0.1", "--port", str(service.port)], stdout=open(service.log_path, "ab"),
+         *RUN_FLAGS, *flags, "--host", "127.0.0.1", "--port", str(service.port)], stdout=open(service.log_path, "ab"),
         stderr=subprocess.STDOUT, start_new_session=True)
     service.wait("health", 120)
     return service

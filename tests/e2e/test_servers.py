@@ -17,6 +17,7 @@ import pytest
 import requests
 import yaml
 
+from bench.peers import RUN_FLAGS
 from common.engine.checking import satisfies
 from common.engine.loading import embedded_gguf_path
 from common.engine.types import Constraint
@@ -50,7 +51,7 @@ class LlamaServer(Service):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [self.binary, "-m", str(embedded_gguf_path()), "-np", "8", "-t", "2", "--host", "127.0.0.1",
+            [self.binary, "-m", str(embedded_gguf_path()), "-np", "8", "-t", "2", *RUN_FLAGS, "--host", "127.0.0.1",
              "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.wait(wait, timeout)
         return self
