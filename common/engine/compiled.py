@@ -1,6 +1,6 @@
-"""The lean decoder's one-row decode step, compiled ahead of time with AOTInductor.
+"""The lean decoder's decode step for one to a few rows, compiled ahead of time with AOTInductor.
 
-At one row a decode step of a small model is short on arithmetic and long on operators: profiled with 4-bit weights,
+At a few rows a decode step of a small model is short on arithmetic and long on operators: profiled with 4-bit weights,
 under half of a step was the int4 matmuls and most of the rest the launch cost of some forty small operators a layer
 in eager PyTorch; on float16 copies (a float32 engine on an AVX2 CPU) fbgemm's matmuls were 54% of a step. Compiled
 into one C++ function (norms, rotary embedding and attention fused into loops; the int4 matmuls called directly, the
@@ -11,7 +11,8 @@ float16 ones generated as loops that read the float16 weights), the step loses t
   weights: it is loaded with the decoder's own tensors as its constants (shared, not copied), so the weights stay
   in memory once. The float16 weights are the exception: fbgemm's packed copies are opaque to a graph, so the step
   holds plain float16 tensors of the same values beside them (half the float32 weights' bytes again).
-- The KV cache's capacity is a dynamic dimension, so one compiled step serves every length.
+- The KV cache's capacity is a dynamic dimension, so one compiled step serves every length; on 4-bit weights the
+  row count is one too, up to :data:`MAX_ROWS`.
 - The step attends over the cache (the new token's column not yet written) and over the new token apart, and returns
   the new keys and values of every layer; the caller writes them with one copy. Writing them inside the graph would
   make it copy the whole cache, since a compiled graph may not mutate its inputs in place.
@@ -39,16 +40,22 @@ from .llama import KVCache, _rotate
 
 log = logging.getLogger(__name__)
 
+# Rows a compiled step on 4-bit weights takes (a dynamic dimension of its graph): the load a panel puts on an expert,
+# a few users and the orchestrator's consultations at once. Wider batches run the eager step, on the dense weights
+# (see common.engine.llama.INT4_MAX_TOKENS). A step on float16 copies stays one row: its generated product-and-sum
+# loop was slower than fbgemm's kernel at 2 and 4 rows (measured on an AVX2 EPYC).
+MAX_ROWS = 8
+
 # The eager and the compiled step agree to rounding (measured: 1.2% of the largest logit on the embedded model, a few
 # bfloat16 steps); further apart means a broken compile.
 MAX_RELATIVE_DIFFERENCE = 0.05
 
 
 class _Step(torch.nn.Module):
-    """One decode step of one row, over a :class:`~common.engine.llama.LlamaDecoder`'s tensors (as buffers, so the
-    exported graph names them and the runner can be given them at load). ``dims`` are its sizes and, by projection,
-    its kind: ``("int4", plane count, width)`` or ``("fp16", width)``, all plain values: a compile process rebuilds
-    the module from them."""
+    """One decode step of up to ``dims["rows"]`` rows, over a :class:`~common.engine.llama.LlamaDecoder`'s tensors
+    (as buffers, so the exported graph names them and the runner can be given them at load). ``dims`` are its sizes
+    and, by projection, its kind: ``("int4", plane count, width)`` or ``("fp16", width)``, all plain values: a
+    compile process rebuilds the module from them."""
 
     PROJECTIONS = ("qkv", "o", "gate_up", "down")
 
@@ -58,6 +65,7 @@ class _Step(torch.nn.Module):
         self.heads, self.kv_heads, self.dim = dims["heads"], dims["kv_heads"], dims["dim"]
         self.hidden, self.intermediate, self.eps = dims["hidden"], dims["intermediate"], dims["eps"]
         self.dtype, self.layers, self.out = dims["dtype"], dims["layers"], dims["out"]
+        self.max_rows = dims["rows"]
         for name, tensor in buffers.items():
             self.register_buffer(name, tensor)
 
@@ -82,7 +90,8 @@ class _Step(torch.nn.Module):
                 weights(f"l{i}_{name}", getattr(layer, name))
         dims = {"heads": decoder.heads, "kv_heads": decoder.kv_heads, "dim": decoder.head_dim,
                 "hidden": decoder.hidden, "intermediate": decoder.intermediate, "eps": decoder.eps,
-                "dtype": decoder.dtype, "layers": len(decoder.layers), "out": out}
+                "dtype": decoder.dtype, "layers": len(decoder.layers), "out": out,
+                "rows": MAX_ROWS if all(kind == "int4" for kind, *_ in out.values()) else 1}
         return cls(dims, buffers)
 
     def shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -99,27 +108,28 @@ class _Step(torch.nn.Module):
         return int4_matmul(x, planes, out_features)
 
     def forward(self, ids, cos, sin, keys, values, bias):
-        """ids [1, 1]; cos, sin [1, 1, 1, dim] (see :func:`~common.engine.llama._rotate`); keys, values
-        [layers, 1, kv_heads, capacity, dim], read only; bias [1, 1, 1, capacity], 0 where a column is attended and
-        -inf elsewhere (padding, and the columns from the new token's on).
-        Returns logits [1, vocab] and the new token's keys and values [layers, 1, kv_heads, 1, dim]."""
+        """ids [rows, 1]; cos, sin [rows, 1, 1, dim] (see :func:`~common.engine.llama._rotate`); keys, values
+        [layers, rows, kv_heads, capacity, dim], read only; bias [rows, 1, 1, capacity], 0 where a column is attended
+        and -inf elsewhere (padding, and the columns from the new token's on).
+        Returns logits [rows, vocab] and the new token's keys and values [layers, rows, kv_heads, 1, dim]."""
         heads, kv_heads, dim = self.heads, self.kv_heads, self.dim
-        group = heads // kv_heads
+        group, rows = heads // kv_heads, ids.shape[0]
         x = F.embedding(ids, self.embed).float()
         new_keys, new_values = [], []
         for i in range(self.layers):
             h = F.rms_norm(x, (self.hidden,), getattr(self, f"l{i}_attn_norm"), self.eps).to(self.dtype)
             qk, v = self._linear(f"l{i}_qkv", h).float().split([(heads + kv_heads) * dim, kv_heads * dim], dim=-1)
-            qk = _rotate(qk.view(1, 1, heads + kv_heads, dim), cos, sin)
-            q = qk[0, 0, :heads].reshape(1, kv_heads, group, dim) * dim ** -0.5
-            k = qk[0, 0, heads:].reshape(1, kv_heads, 1, dim)
-            v = v.reshape(1, kv_heads, 1, dim)
+            qk = _rotate(qk.view(rows, 1, heads + kv_heads, dim), cos, sin)
+            # query head h reads key head h // group, as SDPA's grouped-query attention does in the eager step
+            q = qk[:, 0, :heads].reshape(rows, kv_heads, group, dim) * dim ** -0.5
+            k = qk[:, 0, heads:].reshape(rows, kv_heads, 1, dim)
+            v = v.reshape(rows, kv_heads, 1, dim)
             scores = torch.cat([torch.matmul(q, keys[i].transpose(-1, -2)) + bias, (q * k).sum(-1, keepdim=True)],
-                               dim=-1).softmax(dim=-1)  # [1, kv_heads, group, capacity + 1]
+                               dim=-1).softmax(dim=-1)  # [rows, kv_heads, group, capacity + 1]
             attn = torch.matmul(scores[..., :-1], values[i]) + scores[..., -1:] * v
             new_keys.append(k)
             new_values.append(v)
-            x = x + self._linear(f"l{i}_o", attn.reshape(1, 1, heads * dim).to(self.dtype))
+            x = x + self._linear(f"l{i}_o", attn.reshape(rows, 1, heads * dim).to(self.dtype))
             h = F.rms_norm(x, (self.hidden,), getattr(self, f"l{i}_mlp_norm"), self.eps).to(self.dtype)
             gate, up = self._linear(f"l{i}_gate_up", h).split([self.intermediate, self.intermediate], dim=-1)
             x = x + self._linear(f"l{i}_down", F.silu(gate) * up)
@@ -128,7 +138,7 @@ class _Step(torch.nn.Module):
 
 
 def unavailable_reason(decoder) -> str | None:
-    """Why the one-row step of this decoder cannot be compiled, or None."""
+    """Why the decode step of this decoder cannot be compiled, or None."""
     projections = [p for layer in decoder.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
     if any(p.int4 is None and p.half is None for p in [*projections, decoder.head]):
         return "the compiled step runs 4-bit weights or float16 copies, and some of this model's are dense only"
@@ -136,14 +146,15 @@ def unavailable_reason(decoder) -> str | None:
 
 
 def compile_step(decoder, cache_dir: Path) -> Callable | str:
-    """The compiled one-row step of ``decoder`` (same inputs and outputs as :meth:`_Step.forward`), or why not."""
+    """The compiled decode step of ``decoder`` (same inputs and outputs as :meth:`_Step.forward`), or why not."""
     reason = unavailable_reason(decoder)
     if reason:
         return reason
     module = _Step.of(decoder).eval()
     try:
         path = _package(module, cache_dir)
-        step = CompiledStep(torch._inductor.aoti_load_package(str(path)), dict(module.named_buffers()))
+        step = CompiledStep(torch._inductor.aoti_load_package(str(path)), dict(module.named_buffers()),
+                            module.max_rows)
         disagreement = _disagreement(decoder, step)
     except Exception as exc:  # no compiler, an unsupported operator: the eager step still works
         log.warning("compiled decode step unavailable: %s: %s", type(exc).__name__, exc)
@@ -155,10 +166,12 @@ def compile_step(decoder, cache_dir: Path) -> Callable | str:
 
 
 def _disagreement(decoder, step) -> str | None:
-    """How the compiled step's logits differ from the eager step's after a short prompt, or None if they agree to
-    rounding (the same top token, each logit within :data:`MAX_RELATIVE_DIFFERENCE` of the largest)."""
+    """How the compiled step's logits differ from the eager step's after short prompts (two of unlike lengths, so one
+    is padded, where the step takes two rows), or None if they agree to rounding (the same top tokens, each logit
+    within :data:`MAX_RELATIVE_DIFFERENCE` of the largest)."""
+    prompts = [list(range(1, 17)), list(range(3, 12))][: min(2, step.max_rows)]
     with torch.inference_mode():
-        logits, batch = decoder.prefill([list(range(1, 17))], pad_id=0, remember=False)
+        logits, batch = decoder.prefill(prompts, pad_id=0, remember=False)
         token = logits.argmax(-1, keepdim=True)
         twin = Batch(KVCache.stacked([(batch.cache, None, 0)], batch.cache.length), batch.mask.clone())
         expected = decoder.decode(batch, token)
@@ -168,7 +181,7 @@ def _disagreement(decoder, step) -> str | None:
         finally:
             decoder.step = eager
     difference = float((expected - got).abs().max()) / float(expected.abs().max())
-    if expected.argmax() != got.argmax() or not difference <= MAX_RELATIVE_DIFFERENCE:
+    if not torch.equal(expected.argmax(-1), got.argmax(-1)) or not difference <= MAX_RELATIVE_DIFFERENCE:
         return f"its logits differ from the eager step's by {100 * difference:.1f}% of the largest"
     return None
 
@@ -176,7 +189,8 @@ def _disagreement(decoder, step) -> str | None:
 class CompiledStep:
     """The loaded package, run on the decoder's own tensors (the runner keeps pointers to them: they live here)."""
 
-    def __init__(self, runner, buffers: dict[str, torch.Tensor]):
+    def __init__(self, runner, buffers: dict[str, torch.Tensor], max_rows: int):
+        self.max_rows = max_rows
         # Inductor passes the int4 kernel's group size as a constant tensor of its own at each call, named
         # constantN; every constant that is not one of the weights is one of those (a wrong guess fails the
         # comparison with the eager step at load).
@@ -190,11 +204,13 @@ class CompiledStep:
 
 
 def _example(dims: dict, capacity: int = 96) -> tuple[torch.Tensor, ...]:
-    """Step inputs of the right shapes and dtypes (what the compile needs; their values do not matter)."""
-    cache = (dims["layers"], 1, dims["kv_heads"], capacity, dims["dim"])
-    angle = torch.zeros((1, 1, 1, dims["dim"]))
-    return (torch.tensor([[1]]), angle, angle.clone(), torch.randn(cache), torch.randn(cache),
-            torch.zeros((1, 1, 1, capacity)))
+    """Step inputs of the right shapes and dtypes (what the compile needs; their values do not matter). Two rows
+    where the row count is dynamic: an example of one would make the export specialize on it."""
+    rows = min(2, dims["rows"])
+    cache = (dims["layers"], rows, dims["kv_heads"], capacity, dims["dim"])
+    angle = torch.zeros((rows, 1, 1, dims["dim"]))
+    return (torch.ones((rows, 1), dtype=torch.long), angle, angle.clone(), torch.randn(cache), torch.randn(cache),
+            torch.zeros((rows, 1, 1, capacity)))
 
 
 def _package(module: _Step, cache_dir: Path) -> Path:
@@ -221,7 +237,7 @@ def _package(module: _Step, cache_dir: Path) -> Path:
         if failed.exists():  # not ~50 s again at every start: the same code on the same machine fails the same way
             raise RuntimeError(f"an earlier compile of this step failed (delete {failed} to try again)")
         torch._inductor.cpp_builder.get_cpp_compiler()  # fails at once where there is none (a slim image)
-        log.info("compiling the one-row decode step (once per model shape and torch build)")
+        log.info("compiling the decode step (once per model shape and torch build)")
         partial = path.with_suffix(f".{os.getpid()}.partial.pt2")
         try:
             child = multiprocessing.get_context("spawn").Process(
@@ -242,8 +258,11 @@ def _compile(dims: dict, shapes: dict[str, tuple[tuple[int, ...], torch.dtype]],
     """In the compile process: the step over empty weights of the decoder's shapes, exported and compiled."""
     module = _Step(dims, {name: torch.empty(shape, dtype=dtype) for name, (shape, dtype) in shapes.items()}).eval()
     capacity = torch.export.Dim("capacity", min=2, max=1 << 20)
-    dynamic = {"ids": None, "cos": None, "sin": None, "keys": {3: capacity}, "values": {3: capacity},
-               "bias": {3: capacity}}
+    rows = torch.export.Dim("rows", min=1, max=dims["rows"]) if dims["rows"] > 1 else None
+    row = {0: rows} if rows else {}
+    dynamic = {"ids": row or None, "cos": row or None, "sin": row or None, "keys": {1: rows, 3: capacity} if rows
+               else {3: capacity}, "values": {1: rows, 3: capacity} if rows else {3: capacity},
+               "bias": {**row, 3: capacity}}
     with torch.inference_mode():
         exported = torch.export.export(module, _example(dims), dynamic_shapes=dynamic)
     with torch._inductor.config.patch({"aot_inductor.package_constants_in_so": False}):

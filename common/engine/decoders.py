@@ -22,7 +22,7 @@ def make_decoder(model, kind: str = "auto", batch_hint: int = 16, weights: str =
 
     ``weights`` (the WEIGHTS setting) and ``source`` (the loader's :class:`~common.engine.loading.ModelSource`)
     choose the lean decoder's 4-bit weights (see :func:`four_bit_weights`) or its float16 copies (see
-    :func:`half_weights`). With ``compile_dir`` (COMPILE=auto) its one-row step is compiled where it runs 4-bit
+    :func:`half_weights`). With ``compile_dir`` (COMPILE=auto) its few-row decode step is compiled where it runs 4-bit
     weights or float16 copies, the package kept there (:mod:`common.engine.compiled`)."""
     if kind == "transformers":
         return TransformersDecoder(model)
@@ -35,7 +35,7 @@ def make_decoder(model, kind: str = "auto", batch_hint: int = 16, weights: str =
     if compile_dir is not None and (decoder.int4 or decoder.half):
         step = compiled.compile_step(decoder, compile_dir)
         if isinstance(step, str):
-            log.info("eager one-row decode step: %s", step)
+            log.info("eager decode step: %s", step)
         else:
             decoder.step = step
     return decoder

@@ -113,8 +113,8 @@ class KVCache:
     @staticmethod
     def headroom(length: int, rows: int) -> int:
         """The capacity to allocate for ``length`` columns of ``rows`` rows."""
-        if rows == 1:  # the compiled one-row step attends over the whole capacity (masked): keep it tight (+3%
-            return length + max(16, length // 8)  # tokens/s measured against length // 2); a row's copy is small
+        if rows == 1:  # the compiled step attends over the whole capacity (masked): keep it tight (+3% tokens/s
+            return length + max(16, length // 8)  # at one row measured against length // 2); a row's copy is small
         # wide caches grow seldom: every copy briefly holds old and new, which shows in the process's memory
         return length + max(64, length // 2)
 
@@ -207,7 +207,8 @@ class LlamaDecoder(Decoder):
         rotary = model.model.rotary_emb
         self.inv_freq = rotary.inv_freq.detach().float()
         self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
-        # The one-row decode step compiled (common/engine/compiled.py), set by make_decoder where it compiles.
+        # The decode step of up to step.max_rows rows compiled (common/engine/compiled.py), set by make_decoder
+        # where it compiles.
         self.step = None
         self._prefixes: OrderedDict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._recent: OrderedDict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
@@ -303,7 +304,7 @@ class LlamaDecoder(Decoder):
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor, cache: KVCache):
         rows, width = ids.shape
-        if self.step is not None and rows == width == 1:  # a decode step, or a prompt cached but its last token
+        if self.step is not None and width == 1 and rows <= self.step.max_rows:  # a decode step of a few rows
             return self._compiled_step(ids, positions, allowed, cache)
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         start = cache.length
@@ -329,13 +330,13 @@ class LlamaDecoder(Decoder):
         return self.head(last)[:, -1]
 
     def _compiled_step(self, ids, positions, allowed, cache):
-        """One token of one row through :attr:`step`: it attends over the cache's columns before the new one (bias
+        """One token of each row through :attr:`step`: it attends over the cache's columns before the new one (bias
         -inf where not ``allowed`` and on the columns not yet written) and over the new token, whose keys and values
         are stored here."""
         start = cache.length
         cache.reserve(start + 1)
-        bias = torch.full((1, 1, 1, cache.capacity), float("-inf"), device=self.device)
-        bias[0, 0, 0, :start].masked_fill_(allowed[0, 0, 0, :start], 0.0)
+        bias = torch.full((ids.shape[0], 1, 1, cache.capacity), float("-inf"), device=self.device)
+        bias[:, 0, 0, :start].masked_fill_(allowed[:, 0, 0, :start], 0.0)
         cos, sin = self._rope(positions)
         logits, keys, values = self.step(ids, cos, sin, cache.keys, cache.values, bias)
         cache.keys[:, :, :, start: start + 1] = keys

@@ -39,8 +39,9 @@ pytestmark = pytest.mark.integration
 DTYPES = ["float32", "bfloat16"]
 # The decoders teacher-forced below: each dtype on dense weights, and bfloat16 on the checkpoint's own quantized
 # weights (WEIGHTS=auto's choice on a CPU with AVX512; elsewhere that variant is skipped, since auto does not run it),
-# eager and with its one-row step compiled (COMPILE=auto's choice there); and float32 with float16 copies of its
-# weights for few-row steps (WEIGHTS=auto's choice for float32, where torch has fbgemm), eager and compiled.
+# eager and with its few-row step compiled (COMPILE=auto's choice there); and float32 with float16 copies of its
+# weights for few-row steps (WEIGHTS=auto's choice for float32, where torch has fbgemm), eager and with its one-row
+# step compiled.
 FORCED_DECODERS = [*DTYPES, "int4", "compiled", "fp16", "fp16 compiled"]
 INT4_UNSUPPORTED = int4.unsupported_reason(torch.bfloat16)
 FP16_UNSUPPORTED = fp16.unsupported_reason(torch.float32)
@@ -105,12 +106,13 @@ def forced():
         if dtype == "float32" and FP16_UNSUPPORTED is None:
             decoders["fp16"] = make_decoder(model, weights="fp16")
             decoders["fp16 compiled"] = make_decoder(model, weights="fp16", compile_dir=MODEL_CACHE)
-            assert decoders["fp16 compiled"].step is not None, "the one-row step did not compile (see the log)"
+            assert decoders["fp16 compiled"].step is not None, "the decode step did not compile (see the log)"
         if dtype == "bfloat16" and INT4_UNSUPPORTED is None:
             decoders["int4"] = make_decoder(model, weights="auto", source=source)
             assert decoders["int4"].int4
             decoders["compiled"] = make_decoder(model, weights="auto", source=source, compile_dir=MODEL_CACHE)
-            assert decoders["compiled"].step is not None, "the one-row step did not compile (see the log)"
+            assert decoders["compiled"].step is not None, "the decode step did not compile (see the log)"
+            assert decoders["compiled"].step.max_rows >= len(FORCED)  # the batch below runs it too
     prompts, answers = [], []
     for question, answer in FORCED:
         turn = [{"role": "user", "content": question}]
@@ -158,15 +160,16 @@ def _decoder(decoders, kind):
     return decoders[kind]
 
 
-@pytest.mark.parametrize(("eager", "compiled"), [("int4", "compiled"), ("fp16", "fp16 compiled")])
-def test_the_compiled_step_scores_the_text_as_the_eager_step_does(forced, eager, compiled):
-    """Rows alone run the compiled one-row step: against the eager step on the same weights (4-bit, or float16
-    copies), the top-1 token is the same almost everywhere and the log-probabilities stay close (the two only round
-    differently)."""
+@pytest.mark.parametrize(("eager", "compiled", "together"), [
+    ("int4", "compiled", False), ("int4", "compiled", True), ("fp16", "fp16 compiled", False)])
+def test_the_compiled_step_scores_the_text_as_the_eager_step_does(forced, eager, compiled, together):
+    """Rows alone, and on 4-bit weights the five rows batched too, run the compiled step: against the eager step on
+    the same weights (4-bit, or float16 copies) with rows alone, the top-1 token is the same almost everywhere and
+    the log-probabilities stay close (the two only round differently)."""
     decoders, prompts, answers, pad = forced
     top_eager, logp_eager = teacher_forced(_decoder(decoders, eager), prompts, answers, pad, together=False)
     top_compiled, logp_compiled = teacher_forced(_decoder(decoders, compiled), prompts, answers, pad,
-                                                 together=False)
+                                                 together=together)
     assert _agreement(top_compiled, top_eager) >= 0.97
     assert all(float((a - b).abs().mean()) < 0.05 for a, b in zip(logp_compiled, logp_eager, strict=True))
 
@@ -183,12 +186,13 @@ def test_the_checkpoints_quantized_tensors_are_the_weights_the_model_loads():
         assert int4.dequantize(p).equal(weights[name]), name
 
 
-@pytest.mark.parametrize("kind", ["bfloat16", "int4", "fp16", "fp16 compiled"])
+@pytest.mark.parametrize("kind", ["bfloat16", "int4", "compiled", "fp16", "fp16 compiled"])
 def test_fewer_bits_predict_the_next_token_as_float32_does(forced, kind):
     """Teacher-forced over the same text, bfloat16's top-1 token matches float32's (measured on an AVX512-BF16 EPYC:
     210 of 216 tokens, 97.2%), and the log-probabilities it gives the text stay close (measured: 0.013-0.039 nats
     per token on average). The same holds on the checkpoint's 4-bit weights (``make bench`` measures both over
-    2,000 tokens), and for float32 on float16 copies of its weights, closer still (99.9% over those tokens)."""
+    2,000 tokens), batched through the compiled step too, and for float32 on float16 copies of its weights, closer
+    still (99.9% over those tokens)."""
     decoders, prompts, answers, pad = forced
     top_f32, logp_f32 = teacher_forced(decoders["float32"], prompts, answers, pad)
     top_bf16, logp_bf16 = teacher_forced(_decoder(decoders, kind), prompts, answers, pad)
@@ -202,7 +206,8 @@ def test_fewer_bits_predict_the_next_token_as_float32_does(forced, kind):
 def test_rows_in_a_batch_score_the_text_as_rows_alone(forced, dtype):
     """The bfloat16 batch effect is small where it is not zero: batched and alone rows agree on the next token almost
     everywhere (measured: 211 of 216 tokens, 0.012-0.050 nats per token). In float32 they agree exactly. On 4-bit
-    weights, rows alone run the int4 kernel (or the compiled step) and the batch of five the dense copy: close too."""
+    weights, rows alone run the int4 kernel and the batch of five the dense copy: close too; with the step compiled,
+    both run it."""
     decoders, prompts, answers, pad = forced
     decoder = _decoder(decoders, dtype)
     top_batched, logp_batched = teacher_forced(decoder, prompts, answers, pad, together=True)

@@ -1,5 +1,5 @@
-"""The compiled one-row step's graph computes what the eager step does; when it is not used, the decoder keeps its
-eager step and says why.
+"""The compiled decode step's graph computes what the eager step does, for one row and for a few; when it is not
+used, the decoder keeps its eager step and says why.
 
 The compiled step itself is exercised on the embedded model (tests/integration/test_engine.py, where the CPU runs
 4-bit weights or float16 copies); here a tiny Llama stands in: its step's graph is run eagerly, and the compile is
@@ -17,6 +17,7 @@ from common.engine.decoders import make_decoder
 from common.engine.llama import LlamaDecoder
 
 PROMPT = [[5, 6, 7, 8, 9]]
+ROWS = [[5, 6, 7, 8, 9], [40, 41], [12, 30, 31, 32, 33, 34, 35]]  # of unlike lengths, so two are padded
 
 
 def tiny_bf16() -> LlamaForCausalLM:
@@ -44,31 +45,52 @@ def decodes(decoder) -> bool:
         return bool(torch.isfinite(decoder.decode(batch, logits.argmax(-1, keepdim=True))).all())
 
 
-def greedy(decoder, steps: int = 6) -> tuple[list[int], list[torch.Tensor]]:
+def greedy(decoder, prompts=PROMPT, steps: int = 6) -> tuple[list[list[int]], list[torch.Tensor]]:
     tokens, all_logits = [], []
     with torch.inference_mode():
-        logits, batch = decoder.prefill(PROMPT, pad_id=0, remember=False)
+        logits, batch = decoder.prefill(prompts, pad_id=0, remember=False)
         for _ in range(steps):
             token = logits.argmax(-1, keepdim=True)
-            tokens.append(int(token))
+            tokens.append(token[:, 0].tolist())
             logits = decoder.decode(batch, token)
             all_logits.append(logits)
     return tokens, all_logits
 
 
-@pytest.mark.parametrize("weights", ["int4", pytest.param("fp16", marks=pytest.mark.skipif(
-    bool(fp16.unsupported_reason(torch.float32)), reason="no fbgemm in this torch"))])
-def test_the_steps_graph_decodes_as_the_eager_step(weights):
+@pytest.mark.parametrize(("weights", "prompts"), [("int4", PROMPT), ("int4", ROWS), pytest.param(
+    "fp16", PROMPT, marks=pytest.mark.skipif(bool(fp16.unsupported_reason(torch.float32)),
+                                             reason="no fbgemm in this torch"))])
+def test_the_steps_graph_decodes_as_the_eager_step(weights, prompts):
     """The module that is exported, run eagerly in its place: the same tokens, logits equal to rounding (the
-    graph sums float16 products in its own order, and attends over the new token apart)."""
+    graph sums float16 products in its own order, and attends over the new token apart); on 4-bit weights for a
+    batch of rows too, padding masked."""
     decoder = four_bit(tiny_bf16()) if weights == "int4" else make_decoder(tiny_f32(), weights="fp16")
     assert compiled.unavailable_reason(decoder) is None
-    tokens, expected = greedy(decoder)
+    tokens, expected = greedy(decoder, prompts)
     decoder.step = compiled._Step.of(decoder).eval()
-    tokens_of_the_graph, logits_of_the_graph = greedy(decoder)
+    assert decoder.step.max_rows >= len(prompts)  # the batch runs the graph, not the eager step beside it
+    tokens_of_the_graph, logits_of_the_graph = greedy(decoder, prompts)
     assert tokens_of_the_graph == tokens
     for want, got in zip(expected, logits_of_the_graph, strict=True):
         assert float((want - got).abs().max()) <= 0.02 * float(want.abs().max())
+
+
+class NarrowStep:
+    """A step that takes two rows and fails if called: a wider batch must not reach it."""
+
+    max_rows = 2
+
+    def __call__(self, *inputs):
+        raise AssertionError("a batch wider than the compiled step was given to it")
+
+
+def test_rows_the_step_takes_by_weights_and_a_wider_batch_runs_eager():
+    decoder = four_bit(tiny_bf16())
+    assert compiled._Step.of(decoder).max_rows == compiled.MAX_ROWS
+    assert compiled._Step.of(make_decoder(tiny_f32(), weights="fp16")).max_rows == 1
+    expected, _ = greedy(decoder, ROWS)
+    decoder.step = NarrowStep()
+    assert greedy(decoder, ROWS)[0] == expected
 
 
 def test_dense_weights_keep_the_eager_step(tmp_path):
