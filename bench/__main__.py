@@ -334,6 +334,7 @@ def main() -> None:
         }
     results["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     results["cpu"] = machine.cpu()
+    results["onednn_kernels"] = machine.onednn_kernels()
     report(results)
     path = HERE / "results" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(results, indent=2, ensure_ascii=False))

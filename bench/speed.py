@@ -22,7 +22,7 @@ import requests
 
 from agents.personas import get_persona
 from bench.load import ALONE, NEW_TOKENS, PROMPTS, PeakRss
-from bench.machine import cpu_line
+from bench.machine import cpu_line, kernel_line
 from bench.peers import llama_server
 from harness.services import expert
 
@@ -114,6 +114,7 @@ def report(s: dict) -> None:
     print(f"\n== Decode speed vs llama.cpp's server (same GGUF, {NEW_TOKENS} forced tokens per request, /v1, "
           "interleaved, best of " + ", ".join(f"{n} at c{c}" for c, n in REPEATS.items()) + " waves) ==")
     print(cpu_line())
+    print(kernel_line())
     if s["skipped"]:
         print(f"(skipped: {s['skipped']})")
         return

@@ -2,10 +2,10 @@
 
 What ``auto`` means depends on the CPU, and so does what this section compares. With AVX512-BF16: bfloat16 on dense
 weights (the default before 4-bit weights), bfloat16 on the checkpoint's own 4-bit weights in batches of four, and
-the same with the compiled one-row step (``COMPILE=auto``), rows alone (as one user at a time is served). Without
-it (AVX2: float32): float32 dense weights against the float16 copies few-token steps run on (``WEIGHTS=fp16``),
-eager and with the compiled one-row step, rows alone. A compiled step that cannot be built here (no C++ compiler) is
-left out, and the report says so.
+the same with the compiled decode step (``COMPILE=auto``; it takes up to eight rows there). Without it (AVX2:
+float32): float32 dense weights against the float16 copies few-token steps run on (``WEIGHTS=fp16``), eager and with
+the compiled step, which takes one row there, so it is teacher-forced rows alone. A compiled step that cannot be
+built here (no C++ compiler) is left out, and the report says so.
 
 Quality: greedy top-1 agreement with a float32 dense reference, teacher-forced over the same text (the shipped notes
 of both experts, whole paragraphs, and Chinese tasks from the quality dev set).
@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from bench.load import CORES, NEW_TOKENS, PROMPTS
-from bench.machine import cpu_line
+from bench.machine import cpu_line, kernel_line
 from common.engine import fp16, int4
 from common.engine.decoders import make_decoder
 from common.engine.decoding import teacher_forced
@@ -93,12 +93,15 @@ def _variants() -> dict:
 
 
 def _compiled_alone(plan: dict, name: str) -> dict:
-    """``plan`` with the compiled variant ``name`` teacher-forced rows alone (its step serves one row), or without
-    it, and a note why, where its step did not compile."""
-    plan |= {"skipped": None, "alone": {name}, "notes": []}
-    if plan["decoders"][name].step is None:
+    """``plan`` with the compiled variant ``name`` teacher-forced rows alone where its step takes fewer rows than
+    FORCED_ROWS, or without it, and a note why, where its step did not compile."""
+    plan |= {"skipped": None, "alone": set(), "notes": []}
+    step = plan["decoders"][name].step
+    if step is None:
         del plan["decoders"][name]
-        plan["notes"].append(f"{name}: left out, the one-row step did not compile here (see the log)")
+        plan["notes"].append(f"{name}: left out, its decode step did not compile here (see the log)")
+    elif step.max_rows < FORCED_ROWS:
+        plan["alone"].add(name)
     return plan
 
 
@@ -147,6 +150,7 @@ def report(w: dict) -> None:
     print("\n== Weights: what WEIGHTS=auto runs on this CPU against dense weights (in-process, greedy, "
           "teacher-forced) ==")
     print(cpu_line())
+    print(kernel_line())
     if w["skipped"]:
         print(f"(skipped: {w['skipped']})")
         return

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.machine import cpu
+from bench.machine import cpu, kernels_of
 
 CPUINFO = """processor\t: 0
 model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
@@ -28,3 +28,16 @@ def test_an_avx2_only_cpu_and_a_machine_without_cpuinfo(tmp_path):
     info = cpu(path)
     assert info["AVX2"] and not info["AVX512"] and not info["AMX-BF16"]
     assert cpu(tmp_path / "absent")["model"] == "unknown"
+
+
+VERBOSE = """onednn_verbose,v1,info,cpu,isa:Intel AVX-512 with float16, Intel DL Boost and bfloat16 support, AMX
+onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,src:bf16::blocked:ab::f0 dst:bf16::blocked:AB16b32a2b::f0,,
+onednn_verbose,v1,primitive,exec,cpu,inner_product,brg_matmul:avx10_1_512_amx,forward_inference,src:bf16::blocked:ab::f0
+onednn_verbose,v1,primitive,exec,cpu,inner_product,brg_matmul:avx10_1_512_amx,forward_inference,src:bf16::blocked:ab::f0
+onednn_verbose,v1,primitive,exec,cpu,inner_product,brg_matmul:avx512_core,forward_inference,src:f32::blocked:ab::f0
+"""
+
+
+def test_the_kernels_oneDNN_says_it_ran_by_dtype():
+    assert kernels_of(VERBOSE) == {"bf16": "brg_matmul:avx10_1_512_amx", "f32": "brg_matmul:avx512_core"}
+    assert kernels_of("no verbose output") == {}
