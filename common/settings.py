@@ -43,9 +43,10 @@ class EngineSettings(BaseSettings):
         "answers change); fp16: the float16 copies, or an error where they cannot run; dense: always the "
         "de-quantized weights, the only choice whose float32 answers do not depend on the batch.")
     compile: Literal["auto", "off"] = Field(
-        "auto", description="auto: where the lean decoder runs 4-bit weights or float16 copies, its one-row decode "
-        "step is compiled with AOTInductor (about 50-100 s with a C++ compiler, once per model shape and torch build; "
-        "the package is kept under CACHE_DIR) and checked against the eager step; off: always the eager step.")
+        "auto", description="auto: where the lean decoder runs 4-bit weights or float16 copies, its decode step "
+        "(1-8 rows on 4-bit weights, one row on float16 copies) is compiled with AOTInductor (about 50-100 s with a "
+        "C++ compiler, once per model shape and torch build; the package is kept under CACHE_DIR) and checked "
+        "against the eager step; off: always the eager step.")
     remote_url: str | None = Field(
         None, description="Base URL of an OpenAI-compatible server (ending in /v1). When set, no local model loads."
     )
