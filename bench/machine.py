@@ -3,6 +3,7 @@ project's VMs are AMD EPYC or Intel Xeon with AVX512-BF16, the Xeons with AMX to
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -48,6 +49,7 @@ for dtype in (torch.bfloat16, torch.float32):
 _EXEC = re.compile(r"^onednn_verbose,(?:v\d+,)?(?:primitive,)?exec,cpu,(\w+),([^,]+),[^,]*,src:(\w+)", re.M)
 
 
+@functools.cache  # the machine does not change within a run: make bench's sections and its JSON probe once
 def onednn_kernels() -> dict[str, str]:
     """The oneDNN implementation each dtype's dense projections run here, by dtype (e.g. ``bf16``:
     ``brg_matmul:avx10_1_512_amx`` where AMX tiles run them), from oneDNN's verbose log of a probe process."""

@@ -259,11 +259,10 @@ def _compile(dims: dict, shapes: dict[str, tuple[tuple[int, ...], torch.dtype]],
     """In the compile process: the step over empty weights of the decoder's shapes, exported and compiled."""
     module = _Step(dims, {name: torch.empty(shape, dtype=dtype) for name, (shape, dtype) in shapes.items()}).eval()
     capacity = torch.export.Dim("capacity", min=2, max=1 << 20)
-    rows = torch.export.Dim("rows", min=1, max=dims["rows"]) if dims["rows"] > 1 else None
-    row = {0: rows} if rows else {}
-    dynamic = {"ids": row or None, "cos": row or None, "sin": row or None, "keys": {1: rows, 3: capacity} if rows
-               else {3: capacity}, "values": {1: rows, 3: capacity} if rows else {3: capacity},
-               "bias": {**row, 3: capacity}}
+    rows = {0: torch.export.Dim("rows", min=1, max=dims["rows"])} if dims["rows"] > 1 else {}
+    cache = {1: rows[0], 3: capacity} if rows else {3: capacity}
+    dynamic = {"ids": rows or None, "cos": rows or None, "sin": rows or None, "keys": cache, "values": cache,
+               "bias": {**rows, 3: capacity}}
     with torch.inference_mode():
         exported = torch.export.export(module, _example(dims), dynamic_shapes=dynamic)
     with torch._inductor.config.patch({"aot_inductor.package_constants_in_so": False}):
